@@ -1,0 +1,204 @@
+"""The campaign batch: new messages from the input topic, validated, folded into campaign state."""
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException, Producer
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import DataFrame
+
+from promo_pipeline.resources import (
+    KafkaResource,
+    PipelineLockResource,
+    PostgresResource,
+    StateResource,
+)
+from promo_pipeline.schema import CAMPAIGN_COLUMNS, Campaign, Rejection, parse_campaign
+
+STATE_COLUMNS = (*CAMPAIGN_COLUMNS, "kafka_partition", "kafka_offset")
+
+# The newest version of each campaign wins; replays of the same message change nothing.
+UPSERT_CAMPAIGNS = f"""
+INSERT INTO promo.campaigns ({", ".join(STATE_COLUMNS)})
+SELECT DISTINCT ON (adv_campaign_id) {", ".join(STATE_COLUMNS)} FROM campaign_in
+ORDER BY adv_campaign_id, datetime_created DESC, kafka_partition DESC, kafka_offset DESC
+ON CONFLICT (adv_campaign_id) DO UPDATE SET
+    {", ".join(f"{name} = excluded.{name}" for name in STATE_COLUMNS[1:])}, updated_at = now()
+WHERE excluded.datetime_created >= promo.campaigns.datetime_created
+"""
+
+
+@dataclass
+class CampaignTally:
+    """What the micro-batches of one run did, for the run's metadata and summary."""
+
+    batches: int = 0
+    messages: int = 0
+    valid: int = 0
+    campaigns_changed: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    end_offsets: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+class DeadLetters:
+    """Sends rejected messages to the DLQ, unchanged, with the reason in headers."""
+
+    def __init__(self, kafka: KafkaResource) -> None:
+        self.topic = kafka.dlq_topic
+        self.producer = Producer(
+            kafka.client_config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 20})
+        )
+        self.errors: list[str] = []
+
+    def _delivered(self, error: object, _message: object) -> None:
+        if error is not None:
+            self.errors.append(str(error))
+
+    def send(self, key: bytes | None, value: bytes | None, why: Rejection, source: str) -> None:
+        headers = [
+            ("promo.reject.code", why.code.encode()),
+            ("promo.reject.reason", str(why).encode()),
+            ("promo.source", source.encode()),
+        ]
+        while True:
+            try:
+                self.producer.produce(
+                    self.topic, value=value, key=key, headers=headers, on_delivery=self._delivered
+                )
+                break
+            except BufferError:
+                self.producer.poll(0.5)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Block until every rejected message is acknowledged, or fail the batch."""
+        left = self.producer.flush(timeout)
+        if left or self.errors:
+            raise KafkaException(
+                f"DLQ delivery failed ({left} unacknowledged): {'; '.join(self.errors[:3])}"
+            )
+
+
+def ingest_batch(
+    batch: DataFrame,
+    batch_id: int,
+    *,
+    postgres: PostgresResource,
+    dead_letters: DeadLetters,
+    tally: CampaignTally,
+    log: object,
+) -> None:
+    """One micro-batch: reject to the DLQ first, then upsert the valid campaigns.
+
+    Both steps are idempotent, so a batch replayed after a crash changes nothing twice.
+    """
+    table = batch.select("key", "value", "topic", "partition", "offset").toArrow()
+    columns = [table.column(name).to_pylist() for name in table.column_names]
+    valid: list[tuple[Campaign, int, int]] = []
+    rejected: Counter[str] = Counter()
+    for key, value, topic, partition, offset in zip(*columns, strict=True):
+        outcome = parse_campaign(value)
+        if isinstance(outcome, Campaign):
+            valid.append((outcome, partition, offset))
+        else:
+            rejected[outcome.code] += 1
+            dead_letters.send(key, value, outcome, f"{topic}/{partition}/{offset}")
+    if rejected:
+        dead_letters.flush()
+    changed = 0
+    if valid:
+        with postgres.connect() as conn, conn.transaction():
+            conn.execute(
+                "CREATE TEMP TABLE campaign_in (LIKE promo.campaigns INCLUDING DEFAULTS) "
+                "ON COMMIT DROP"
+            )
+            with conn.cursor().copy(
+                f"COPY campaign_in ({', '.join(STATE_COLUMNS)}) FROM STDIN"
+            ) as copy:
+                for campaign, partition, offset in valid:
+                    copy.write_row((*campaign.model_dump().values(), partition, offset))
+            changed = conn.execute(UPSERT_CAMPAIGNS).rowcount
+    tally.batches += 1
+    tally.messages += table.num_rows
+    tally.valid += len(valid)
+    tally.campaigns_changed += changed
+    tally.rejected.update(rejected)
+    log.info(  # type: ignore[attr-defined]
+        f"campaign micro-batch {batch_id}: {table.num_rows} messages, {len(valid)} valid, "
+        f"{changed} campaigns changed, rejected {dict(rejected) or 0}"
+    )
+
+
+@asset(
+    group_name="promo",
+    kinds={"spark", "kafka", "postgres"},
+    description="New campaign messages since the checkpoint, validated; valid ones update "
+    "promo.campaigns, invalid ones go to the DLQ with their reason.",
+)
+def campaign_batch(
+    context: AssetExecutionContext,
+    pipeline_lock: PipelineLockResource,
+    spark: LazyPySparkResource,
+    kafka: KafkaResource,
+    postgres: PostgresResource,
+    state: StateResource,
+) -> MaterializeResult:
+    session = spark.spark_session
+    tally = CampaignTally()
+    dead_letters = DeadLetters(kafka)
+
+    def foreach_batch(batch: DataFrame, batch_id: int) -> None:
+        ingest_batch(
+            batch,
+            batch_id,
+            postgres=postgres,
+            dead_letters=dead_letters,
+            tally=tally,
+            log=context.log,
+        )
+
+    query = (
+        session.readStream.format("kafka")
+        .options(**kafka.spark_options())
+        .option("subscribe", kafka.input_topic)
+        .option("startingOffsets", "earliest")
+        .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
+        .load()
+        .writeStream.queryName("campaign_batch")
+        .foreachBatch(foreach_batch)
+        .option("checkpointLocation", state.checkpoint_dir)
+        .trigger(availableNow=True)
+        .start()
+    )
+    query.awaitTermination()
+    if query.exception() is not None:
+        raise query.exception()
+    for progress in (json.loads(p.json) for p in query.recentProgress):
+        if progress.get("numInputRows"):
+            context.log.info(f"streaming progress: {json.dumps(progress)}")
+        for source in progress.get("sources", []):
+            end = source.get("endOffset") or {}
+            if isinstance(end, str):
+                end = json.loads(end)
+            for partitions in end.values():
+                tally.end_offsets.update({str(p): int(o) for p, o in partitions.items()})
+    context.log.info(
+        f"campaign batch: {tally.messages} messages in {tally.batches} micro-batches, "
+        f"{tally.valid} valid, {tally.rejected_total} rejected"
+    )
+    return MaterializeResult(
+        metadata={
+            "messages_read": tally.messages,
+            "micro_batches": tally.batches,
+            "valid": tally.valid,
+            "campaigns_changed": tally.campaigns_changed,
+            "rejected": tally.rejected_total,
+            **{f"rejected_{code}": count for code, count in sorted(tally.rejected.items())},
+            "end_offsets": MetadataValue.json(tally.end_offsets),
+        }
+    )

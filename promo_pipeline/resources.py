@@ -1,0 +1,246 @@
+"""Dagster resources: every endpoint and secret arrives through `EnvVar`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import psycopg
+from dagster import ConfigurableResource, EnvVar, Failure, InitResourceContext
+from dagster_pyspark import LazyPySparkResource
+from pydantic import PrivateAttr
+
+from promo_pipeline.settings import Settings, split_list
+
+
+class PostgresResource(ConfigurableResource):
+    """The database holding subscribers, feedback and the pipeline's own state."""
+
+    host: str
+    port: int
+    db: str
+    user: str
+    password: str
+
+    def conninfo(self) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host=self.host,
+            port=self.port,
+            dbname=self.db,
+            user=self.user,
+            password=self.password or None,
+            connect_timeout=10,
+            application_name="promo_pipeline",
+        )
+
+    @contextmanager
+    def connect(self, *, statement_timeout_ms: int = 0) -> Iterator[psycopg.Connection]:
+        with psycopg.connect(self.conninfo()) as conn:
+            if statement_timeout_ms:
+                conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+            yield conn
+
+    @property
+    def jdbc_url(self) -> str:
+        return f"jdbc:postgresql://{self.host}:{self.port}/{self.db}"
+
+    def jdbc_properties(self, **extra: str) -> dict[str, str]:
+        return {
+            "user": self.user,
+            "password": self.password,
+            "driver": "org.postgresql.Driver",
+            "connectTimeout": "10",
+            "ApplicationName": "promo_pipeline_spark",
+            **extra,
+        }
+
+
+class KafkaResource(ConfigurableResource):
+    """Brokers and topics; one place turns the settings into client and Spark options."""
+
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_ca_location: str = ""
+    input_topic: str
+    output_topic: str
+    dlq_topic: str
+
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        """Configuration for confluent-kafka clients."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL_"):
+            config |= {
+                "sasl.mechanism": self.sasl_mechanism,
+                "sasl.username": self.sasl_username,
+                "sasl.password": self.sasl_password,
+            }
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        return config | extra
+
+    def spark_options(self) -> dict[str, str]:
+        """The same settings as options of Spark's Kafka source and sink."""
+        options = {
+            "kafka.bootstrap.servers": self.bootstrap_servers,
+            "kafka.security.protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL_"):
+            module = (
+                "org.apache.kafka.common.security.plain.PlainLoginModule"
+                if self.sasl_mechanism == "PLAIN"
+                else "org.apache.kafka.common.security.scram.ScramLoginModule"
+            )
+            user = self.sasl_username.replace('"', '\\"')
+            password = self.sasl_password.replace('"', '\\"')
+            options |= {
+                "kafka.sasl.mechanism": self.sasl_mechanism,
+                "kafka.sasl.jaas.config": (
+                    f'{module} required username="{user}" password="{password}";'
+                ),
+            }
+        if self.ssl_ca_location:
+            options |= {
+                "kafka.ssl.truststore.type": "PEM",
+                "kafka.ssl.truststore.location": self.ssl_ca_location,
+            }
+        return options
+
+
+class PipelineLockResource(ConfigurableResource):
+    """Keeps two runs apart with a Postgres advisory lock held for the whole run.
+
+    The lock belongs to a database session, so a killed run releases it when its connection
+    drops: there is no stale lock to clean up.
+    """
+
+    postgres: PostgresResource
+    _conn: psycopg.Connection | None = PrivateAttr(default=None)
+
+    LOCK_KEY: ClassVar[str] = "promo_pipeline.run"
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        conn = psycopg.connect(self.postgres.conninfo(), autocommit=True)
+        locked = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext(%s))", (self.LOCK_KEY,)
+        ).fetchone()
+        if not (locked and locked[0]):
+            holder = conn.execute(
+                "SELECT a.pid, a.application_name, a.backend_start FROM pg_locks l "
+                "JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.objid = hashtext(%s)::oid",
+                (self.LOCK_KEY,),
+            ).fetchone()
+            conn.close()
+            since = f", Postgres backend {holder[0]} since {holder[2]:%H:%M:%S}" if holder else ""
+            raise Failure(
+                f"another promo_pipeline run is in progress (it holds the pipeline lock{since});"
+                " this run did nothing"
+            )
+        self._conn = conn
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class StateResource(ConfigurableResource):
+    """Where the Spark checkpoint lives and how big a micro-batch may be."""
+
+    state_dir: str
+    max_offsets_per_trigger: int
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return f"{self.state_dir.rstrip('/')}/checkpoints/campaigns"
+
+
+SPARK_PACKAGES = "org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0,org.postgresql:postgresql:42.7.8"
+
+
+def spark_config(settings: Settings) -> dict[str, str]:
+    """Spark settings for a small, predictable session.
+
+    Jars come from local paths (no network at session start); without them Spark resolves the
+    connector through Ivy.
+    """
+    jars = split_list(settings.promo_spark_jars)
+    return {
+        "spark.master": settings.spark_master,
+        "spark.app.name": "promo_pipeline",
+        **({"spark.jars": ",".join(jars)} if jars else {"spark.jars.packages": SPARK_PACKAGES}),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.log.level": "WARN",
+        "spark.driver.memory": "2g",
+        "spark.sql.streaming.stopGracefullyOnShutdown": "true",
+    }
+
+
+# Which environment variable feeds which resource field.
+POSTGRES_ENV = {
+    "host": "POSTGRES_HOST",
+    "port": "POSTGRES_PORT",
+    "db": "POSTGRES_DB",
+    "user": "POSTGRES_USER",
+    "password": "POSTGRES_PASSWORD",
+}
+KAFKA_ENV = {
+    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl_username": "KAFKA_SASL_USERNAME",
+    "sasl_password": "KAFKA_SASL_PASSWORD",
+    "ssl_ca_location": "KAFKA_SSL_CA_LOCATION",
+    "input_topic": "PROMO_INPUT_TOPIC",
+    "output_topic": "PROMO_OUTPUT_TOPIC",
+    "dlq_topic": "PROMO_DLQ_TOPIC",
+}
+STATE_ENV = {
+    "state_dir": "PROMO_STATE_DIR",
+    "max_offsets_per_trigger": "PROMO_MAX_OFFSETS_PER_TRIGGER",
+}
+
+
+def _fields(resource: type[ConfigurableResource], env: dict[str, str], settings: Settings | None):
+    """Field values: `EnvVar`s for the code location, plain values for the CLI and tests."""
+    if settings is not None:
+        return {name: getattr(settings, var.lower()) for name, var in env.items()}
+    ints = {name for name, info in resource.model_fields.items() if info.annotation is int}
+    return {name: (EnvVar.int(var) if name in ints else EnvVar(var)) for name, var in env.items()}
+
+
+def postgres_resource(settings: Settings | None = None) -> PostgresResource:
+    return PostgresResource(**_fields(PostgresResource, POSTGRES_ENV, settings))
+
+
+def kafka_resource(settings: Settings | None = None) -> KafkaResource:
+    return KafkaResource(**_fields(KafkaResource, KAFKA_ENV, settings))
+
+
+def state_resource(settings: Settings | None = None) -> StateResource:
+    values = _fields(StateResource, STATE_ENV, settings)
+    if settings is not None:
+        values["state_dir"] = str(values["state_dir"])
+    return StateResource(**values)
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    """The code location's resources; secrets stay `EnvVar`s, so the UI never shows them."""
+    postgres = postgres_resource()
+    return {
+        "postgres": postgres,
+        "kafka": kafka_resource(),
+        "state": state_resource(),
+        "pipeline_lock": PipelineLockResource(postgres=postgres),
+        "spark": LazyPySparkResource(spark_config=spark_config(settings)),
+    }

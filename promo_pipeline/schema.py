@@ -1,0 +1,157 @@
+"""The campaign and trigger shapes: the seed's JSON contract, defined once.
+
+`Campaign` validates an input message; `TRIGGER_COLUMNS` is the output message's field order
+and the feedback table's columns; the Spark schemas are derived from them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+UUID_PATTERN = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+INT8_MAX = 2**63 - 1
+
+
+def _uuid(value: str) -> str:
+    if not UUID_PATTERN.match(value):
+        raise ValueError("not a UUID (8-4-4-4-12 hex digits)")
+    return value
+
+
+def _text(value: str) -> str:
+    # Postgres text cannot hold NUL; rejecting it here keeps one bad message from failing a run.
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    return value
+
+
+Uuid = Annotated[str, AfterValidator(_uuid)]
+Text = Annotated[str, Field(min_length=1), AfterValidator(_text)]
+Epoch = Annotated[int, Field(gt=0, le=INT8_MAX)]
+
+
+class Campaign(BaseModel):
+    """A restaurant's promo campaign as published to the input topic (seed section 1.2)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    restaurant_id: Uuid
+    adv_campaign_id: Uuid
+    adv_campaign_content: Text
+    adv_campaign_owner: Text
+    adv_campaign_owner_contact: Text
+    adv_campaign_datetime_start: Epoch
+    adv_campaign_datetime_end: Epoch
+    datetime_created: Epoch
+
+    @model_validator(mode="after")
+    def _window(self) -> Campaign:
+        if self.adv_campaign_datetime_end <= self.adv_campaign_datetime_start:
+            raise ValueError("adv_campaign_datetime_end must be after adv_campaign_datetime_start")
+        return self
+
+
+CAMPAIGN_COLUMNS: tuple[str, ...] = tuple(Campaign.model_fields)
+
+# The output message's fields, in the seed's order; also the feedback table's data columns.
+TRIGGER_COLUMNS: tuple[str, ...] = (
+    "restaurant_id",
+    "adv_campaign_id",
+    "adv_campaign_content",
+    "adv_campaign_owner",
+    "adv_campaign_owner_contact",
+    "adv_campaign_datetime_start",
+    "adv_campaign_datetime_end",
+    "client_id",
+    "datetime_created",
+    "trigger_datetime_created",
+)
+
+
+def _spark_type(name: str) -> LongType | StringType:
+    return LongType() if "datetime" in name else StringType()
+
+
+CAMPAIGN_SPARK_SCHEMA = StructType(
+    [StructField(name, _spark_type(name), nullable=False) for name in CAMPAIGN_COLUMNS]
+)
+TRIGGER_SPARK_SCHEMA = StructType(
+    [StructField(name, _spark_type(name), nullable=False) for name in TRIGGER_COLUMNS]
+)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a message was set aside: `code` is stable for counting, `detail` is for people."""
+
+    code: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_campaign(value: bytes | None) -> Campaign | Rejection:
+    """Validate one message value; never raises for bad input."""
+    if value is None:
+        return Rejection("tombstone", "message has no value")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return Rejection("not_utf8", f"value is not UTF-8 (byte {error.start})")
+    try:
+        document = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except _DuplicateKey as error:
+        return Rejection("duplicate_key", f"key {error} appears more than once")
+    except (ValueError, RecursionError) as error:
+        return Rejection("not_json", f"value is not JSON: {str(error)[:120]}")
+    if not isinstance(document, dict):
+        return Rejection("not_object", f"value is a JSON {_json_type(document)}, not an object")
+    try:
+        return Campaign.model_validate(document)
+    except ValidationError as error:
+        return _rejection(error)
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+    return "null" if value is None else names.get(type(value), "object")
+
+
+def _rejection(error: ValidationError) -> Rejection:
+    first = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"])
+    got = first.get("input")
+    if first["type"] == "missing":
+        return Rejection("missing_field", f"{field} is missing")
+    if got is None and field:
+        return Rejection("null_field", f"{field} is null")
+    message = first["msg"].removeprefix("Value error, ")
+    if not field:
+        return Rejection("end_not_after_start", message)
+    return Rejection("invalid_field", f"{field}: {message} (got {_json_type(got)})")

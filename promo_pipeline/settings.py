@@ -1,0 +1,140 @@
+"""Every setting comes from the environment; defaults point at the embedded local stack.
+
+`promo stack up` writes `<stack dir>/stack.env`; it is read as a fallback so a shell in the
+repo root needs no exports. Real environment variables always win.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """The pipeline's configuration; field names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka brokers, host:port,..."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol"
+    )
+    kafka_sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "", description="SASL mechanism when the protocol is SASL_*"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user")
+    kafka_sasl_password: str = Field("", repr=False, description="SASL password (secret)")
+    kafka_ssl_ca_location: str = Field("", description="PEM file of the CA that signed the brokers")
+    promo_input_topic: str = Field("promo_campaigns", description="topic restaurants publish to")
+    promo_output_topic: str = Field("promo_triggers", description="topic the push service reads")
+    promo_dlq_topic: str = Field("promo_campaigns_dlq", description="rejected input, with reason")
+    postgres_host: str = Field("127.0.0.1", description="Postgres host")
+    postgres_port: int = Field(5432, ge=1, le=65535, description="Postgres port")
+    postgres_db: str = Field("promo", min_length=1, description="database name")
+    postgres_user: str = Field("promo", min_length=1, description="database user")
+    postgres_password: str = Field("", repr=False, description="database password (secret)")
+    promo_state_dir: Path = Field(
+        Path(".promo/state"), description="Spark checkpoint and staged data (shared storage)"
+    )
+    spark_master: str = Field("local[2]", min_length=1, description="Spark master URL")
+    promo_spark_jars: str = Field(
+        "", description="comma-separated connector jars; empty: resolved from Maven once"
+    )
+    promo_max_offsets_per_trigger: int = Field(
+        100_000, gt=0, description="campaign messages per micro-batch"
+    )
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("promo_input_topic", "promo_output_topic", "promo_dlq_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not TOPIC_NAME.match(value):
+            raise ValueError(f"not a valid Kafka topic name: {value!r}")
+        return value
+
+    @field_validator("promo_state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("kafka_ssl_ca_location")
+    @classmethod
+    def _ca(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("promo_spark_jars")
+    @classmethod
+    def _jars(cls, value: str) -> str:
+        missing = [jar for jar in split_list(value) if not Path(jar).is_file()]
+        if missing:
+            raise ValueError(f"no such jar: {', '.join(missing)}")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
+                if not getattr(self, name):
+                    raise ValueError(
+                        f"{name.upper()} is required when KAFKA_SECURITY_PROTOCOL="
+                        f"{self.kafka_security_protocol}"
+                    )
+        topics = {self.promo_input_topic, self.promo_output_topic, self.promo_dlq_topic}
+        if len(topics) != 3:
+            raise ValueError(
+                "PROMO_INPUT_TOPIC, PROMO_OUTPUT_TOPIC and PROMO_DLQ_TOPIC must differ"
+            )
+        return self
+
+    def as_environ(self) -> dict[str, str]:
+        """The settings as environment variables, for child processes and Dagster `EnvVar`."""
+        return {name.upper(): str(value) for name, value in self.model_dump().items()}
+
+
+def split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def stack_env_file() -> Path:
+    return Path(os.environ.get("PROMO_STACK_DIR", ".promo")) / "stack.env"
+
+
+def load_settings(*, export: bool = False) -> Settings:
+    """Read and check the settings; with `export`, fill `os.environ` so `EnvVar` sees defaults."""
+    try:
+        settings = Settings(_env_file=stack_env_file())
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            name = ".".join(str(part) for part in item["loc"]).upper() or "configuration"
+            given = item.get("input")
+            shown = "" if name.endswith("PASSWORD") or isinstance(given, dict) else f" ({given!r})"
+            problems.append(f"{name}: {item['msg']}{shown}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    if export:
+        for name, value in settings.as_environ().items():
+            os.environ.setdefault(name, value)
+    return settings

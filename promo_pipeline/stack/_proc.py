@@ -1,0 +1,92 @@
+"""Small process and port helpers shared by the service wrappers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def pid_alive(pid: int | None, marker: str) -> bool:
+    """True if `pid` is a live (non-zombie) process whose command line contains `marker`.
+
+    The marker guards against a recycled pid: a stale pid file must not make an unrelated
+    process look like our service.
+    """
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    if state in ("Z", "X"):
+        return False
+    return marker in cmdline
+
+
+def read_pid(path: Path) -> int | None:
+    """First line of a pid file as an int, or None if absent or garbled."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pick_free_ports(count: int) -> list[int]:
+    """`count` distinct ports the kernel considers free right now on 127.0.0.1.
+
+    All sockets stay bound until every port is picked, so the kernel cannot hand out one twice.
+    """
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` now.
+
+    SO_REUSEADDR, as Kafka and Postgres set it, so connections lingering in TIME_WAIT after a
+    stop do not count as taken.
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """Last lines of a log file, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Poll `check` until it is true or `timeout` seconds pass; returns the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def ensure_dir(path: Path, mode: int = 0o755) -> Path:
+    """mkdir -p with a mode, returning the path."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+    return path

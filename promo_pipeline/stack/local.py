@@ -1,0 +1,186 @@
+"""LocalStack: Kafka + PostgreSQL + Spark connector jars for one working dir, no Docker.
+
+Everything a stack owns (ports, password, data, logs, pid files) lives under its dir, so two
+dirs are two independent stacks and `down()` followed by `up()` brings back the same data.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from promo_pipeline.stack import maven
+from promo_pipeline.stack._proc import pick_free_ports, port_is_free
+from promo_pipeline.stack.kafka import KafkaBroker
+from promo_pipeline.stack.postgres import PostgresCluster
+
+log = logging.getLogger("promo_pipeline.stack")
+
+DB_NAME = "promo"
+DB_USER = "promo"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a 0600 file atomically: it holds the database password."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+class LocalStack:
+    """The services the pipeline needs, run as plain local processes under `dir`."""
+
+    def __init__(self, dir: Path) -> None:
+        self.dir = Path(dir).absolute()
+        self.config_file = self.dir / "stack.json"
+        self.env_file = self.dir / "stack.env"
+        self.state_dir = self.dir / "state"
+
+    # -- persisted settings -------------------------------------------------------------
+
+    def _load_config(self) -> dict:
+        if self.config_file.exists():
+            return json.loads(self.config_file.read_text())
+        kafka, controller, pg = pick_free_ports(3)
+        config = {
+            "kafka_port": kafka,
+            "kafka_controller_port": controller,
+            "postgres_port": pg,
+            "postgres_password": secrets.token_urlsafe(24),
+        }
+        self._save_config(config)
+        return config
+
+    def _save_config(self, config: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_private(self.config_file, json.dumps(config, indent=2) + "\n")
+
+    def _services(self, config: dict) -> tuple[PostgresCluster, KafkaBroker]:
+        pg = PostgresCluster(
+            self.dir / "postgres",
+            config["postgres_port"],
+            DB_USER,
+            config["postgres_password"],
+            DB_NAME,
+        )
+        kafka = KafkaBroker(
+            self.dir / "kafka",
+            maven.cache_dir() / f"kafka-{maven.KAFKA_VERSION}",
+            config["kafka_port"],
+            config["kafka_controller_port"],
+        )
+        return pg, kafka
+
+    def _reassign_taken_ports(self, config: dict) -> dict:
+        """A saved port now held by something else gets a fresh one (only for stopped services)."""
+        pg, kafka = self._services(config)
+        changed = False
+        if not pg.is_running() and not port_is_free(config["postgres_port"]):
+            [config["postgres_port"]] = pick_free_ports(1)
+            changed = True
+        if not kafka.is_running() and not (
+            port_is_free(config["kafka_port"]) and port_is_free(config["kafka_controller_port"])
+        ):
+            config["kafka_port"], config["kafka_controller_port"] = pick_free_ports(2)
+            changed = True
+        if changed:
+            log.warning("saved port taken by another process, now using %s", config)
+            self._save_config(config)
+        return config
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialise up/down across processes sharing this dir."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # -- public API ---------------------------------------------------------------------
+
+    def settings(self) -> dict[str, str]:
+        """The environment the pipeline reads to reach this stack (valid once up)."""
+        config = self._load_config()
+        jars = maven.spark_jars()
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{config['kafka_port']}",
+            "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(config["postgres_port"]),
+            "POSTGRES_DB": DB_NAME,
+            "POSTGRES_USER": DB_USER,
+            "POSTGRES_PASSWORD": config["postgres_password"],
+            "PROMO_STATE_DIR": str(self.state_dir),
+            "PROMO_SPARK_JARS": ",".join(str(j) for j in jars),
+            "SPARK_MASTER": "local[2]",
+        }
+
+    def up(self) -> dict[str, str]:
+        """Start whatever is not running yet and return (and write to stack.env) the settings."""
+        with self._lock():
+            config = self._reassign_taken_ports(self._load_config())
+            maven.kafka_broker_jars()
+            maven.spark_jars()
+            pg, kafka = self._services(config)
+            pg.start()
+            kafka.start()
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            settings = self.settings()
+            _write_private(self.env_file, "".join(f"{k}={v}\n" for k, v in settings.items()))
+            log.info("stack up in %s (settings in %s)", self.dir, self.env_file)
+            return settings
+
+    def down(self) -> None:
+        """Stop Kafka, then Postgres; data stays. Fine to call when already stopped."""
+        if not self.config_file.exists():
+            return
+        with self._lock():
+            pg, kafka = self._services(self._load_config())
+            kafka.stop()
+            pg.stop()
+
+    def status(self) -> list[tuple[str, bool, str]]:
+        """(service, running, where) for each service, e.g. '127.0.0.1:5433 pid 12 log ...'."""
+        if not self.config_file.exists():
+            return [("postgres", False, "not created"), ("kafka", False, "not created")]
+        pg, kafka = self._services(self._load_config())
+        return [
+            (
+                "postgres",
+                pg.is_running(),
+                f"127.0.0.1:{pg.port} pid {pg.pid() or '-'} log {pg.log_file}",
+            ),
+            (
+                "kafka",
+                kafka.is_running(),
+                f"{kafka.bootstrap} pid {kafka.pid() or '-'} log {kafka.server_log}",
+            ),
+        ]
+
+    def postgres(self) -> PostgresCluster:
+        """The Postgres service object (for is_running()/connect() in tools and tests)."""
+        return self._services(self._load_config())[0]
+
+    def kafka(self) -> KafkaBroker:
+        """The Kafka service object (for is_running()/pid() in tools and tests)."""
+        return self._services(self._load_config())[1]
+
+    def destroy(self) -> None:
+        """down() and delete the dir with all data; meant for tests."""
+        try:
+            self.down()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

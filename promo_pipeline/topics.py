@@ -1,0 +1,33 @@
+"""The three topics, created when missing (the local stack disables auto-creation)."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from promo_pipeline.resources import KafkaResource
+
+PARTITIONS = {"input": 3, "output": 3, "dlq": 1}
+
+
+def ensure_topics(kafka: KafkaResource, timeout: float = 30.0) -> list[str]:
+    """Create whichever topics are missing; returns the ones created."""
+    admin = AdminClient(kafka.client_config())
+    wanted = {
+        kafka.input_topic: PARTITIONS["input"],
+        kafka.output_topic: PARTITIONS["output"],
+        kafka.dlq_topic: PARTITIONS["dlq"],
+    }
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [NewTopic(name, count, 1) for name, count in wanted.items() if name not in existing]
+    if not missing:
+        return []
+    created = []
+    for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            created.append(name)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created

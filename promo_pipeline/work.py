@@ -1,0 +1,117 @@
+"""Is there work for a run? Asked by the sensor every minute, so every call has a timeout."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from promo_pipeline.resources import KafkaResource, PostgresResource
+
+KAFKA_TIMEOUT_S = 10.0
+POSTGRES_TIMEOUT_MS = 20_000
+
+# Any active campaign with a subscriber that has no trigger yet. Covers a held campaign that
+# became due and a subscription added while a campaign runs; stops at the first hit.
+UNTRIGGERED = """
+SELECT c.adv_campaign_id FROM promo.campaigns c
+WHERE c.adv_campaign_datetime_start <= %(now)s AND c.adv_campaign_datetime_end > %(now)s
+  AND EXISTS (
+    SELECT 1 FROM public.subscribers_restaurants s
+    WHERE s.restaurant_id = c.restaurant_id
+      AND NOT EXISTS (
+        SELECT 1 FROM public.subscribers_feedback f
+        WHERE f.adv_campaign_id = c.adv_campaign_id AND f.client_id = s.client_id))
+LIMIT 3
+"""
+
+NEXT_DUE = """
+SELECT min(adv_campaign_datetime_start) FROM promo.campaigns
+WHERE adv_campaign_datetime_start > %(now)s
+"""
+
+
+def committed_offsets(checkpoint_dir: str | Path) -> dict[tuple[str, int], int]:
+    """Exclusive end offsets of the last micro-batch the checkpoint marks as done."""
+    root = Path(checkpoint_dir)
+    commits = [int(p.name) for p in (root / "commits").glob("[0-9]*")] if root.exists() else []
+    if not commits:
+        return {}
+    lines = (root / "offsets" / str(max(commits))).read_text().splitlines()
+    offsets: dict[tuple[str, int], int] = {}
+    for line in lines[2:]:
+        source = json.loads(line)
+        for topic, partitions in source.items():
+            offsets |= {(topic, int(p)): int(o) for p, o in partitions.items()}
+    return offsets
+
+
+def topic_watermarks(kafka: KafkaResource, topic: str) -> dict[int, tuple[int, int]]:
+    """(low, high) per partition; raises if the broker does not answer in time."""
+    consumer = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": "promo_pipeline.sensor",
+                "enable.auto.commit": False,
+                "socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000),
+            }
+        )
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_S)
+        partitions = metadata.topics[topic].partitions
+        if metadata.topics[topic].error is not None:
+            raise RuntimeError(f"topic {topic}: {metadata.topics[topic].error}")
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S)
+            for p in sorted(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Work:
+    """What a run would do now, and why; empty `reasons` means skip."""
+
+    reasons: list[str] = field(default_factory=list)
+    idle: list[str] = field(default_factory=list)
+    lag: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def due(self) -> bool:
+        return bool(self.reasons)
+
+
+def find_work(
+    kafka: KafkaResource, postgres: PostgresResource, checkpoint_dir: str, now: int
+) -> Work:
+    work = Work()
+    done = committed_offsets(checkpoint_dir)
+    for partition, (low, high) in topic_watermarks(kafka, kafka.input_topic).items():
+        work.lag[partition] = max(0, high - max(low, done.get((kafka.input_topic, partition), 0)))
+    new = sum(work.lag.values())
+    if new:
+        busy = {p: n for p, n in work.lag.items() if n}
+        work.reasons.append(f"{new} new campaign messages (lag per partition {busy})")
+    else:
+        work.idle.append(f"no new campaign messages ({len(work.lag)} partitions caught up)")
+    with postgres.connect(statement_timeout_ms=POSTGRES_TIMEOUT_MS) as conn:
+        unsent = conn.execute("SELECT count(*) FROM promo.kafka_outbox").fetchone()[0]
+        if unsent:
+            work.reasons.append(f"{unsent} triggers committed to Postgres await Kafka delivery")
+        campaigns = [row[0] for row in conn.execute(UNTRIGGERED, {"now": now})]
+        if campaigns:
+            work.reasons.append(
+                f"active campaigns with subscribers not yet triggered: {', '.join(campaigns)}"
+            )
+        else:
+            work.idle.append("no active campaign has an untriggered subscriber")
+        next_due = conn.execute(NEXT_DUE, {"now": now}).fetchone()[0]
+    if next_due is not None:
+        when = datetime.fromtimestamp(next_due, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        work.idle.append(f"next held campaign due at {when}")
+    return work

@@ -1,0 +1,156 @@
+"""The embedded stack against real processes: Kafka and Postgres must actually answer."""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from promo_pipeline.stack import LocalStack
+from promo_pipeline.stack._proc import wait_until
+
+pytestmark = pytest.mark.stack
+
+EXPECTED_KEYS = [
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_SECURITY_PROTOCOL",
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_DB",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "PROMO_STATE_DIR",
+    "PROMO_SPARK_JARS",
+    "SPARK_MASTER",
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    s = LocalStack(tmp_path_factory.mktemp("stack-a"))
+    try:
+        yield s
+    finally:
+        s.destroy()
+
+
+@pytest.fixture(scope="module")
+def env(stack: LocalStack) -> dict[str, str]:
+    return stack.up()
+
+
+def _connect(env: dict[str, str], password: str | None = None) -> psycopg.Connection:
+    return psycopg.connect(
+        host=env["POSTGRES_HOST"],
+        port=int(env["POSTGRES_PORT"]),
+        dbname=env["POSTGRES_DB"],
+        user=env["POSTGRES_USER"],
+        password=password or env["POSTGRES_PASSWORD"],
+        connect_timeout=5,
+    )
+
+
+def test_settings_and_env_file(stack: LocalStack, env: dict[str, str]) -> None:
+    assert list(env) == EXPECTED_KEYS
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
+    assert env["POSTGRES_HOST"] == "127.0.0.1"
+    assert env["PROMO_STATE_DIR"] == str(stack.dir / "state")
+    assert Path(env["PROMO_STATE_DIR"]).is_dir()
+    jars = env["PROMO_SPARK_JARS"].split(",")
+    assert any("spark-sql-kafka-0-10" in j for j in jars)
+    assert all(Path(j).is_absolute() and Path(j).is_file() for j in jars)
+    for path in (stack.env_file, stack.config_file):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    lines = stack.env_file.read_text().splitlines()
+    assert lines == [f"{k}={v}" for k, v in env.items()]
+    assert [(name, running) for name, running, _ in stack.status()] == [
+        ("postgres", True),
+        ("kafka", True),
+    ]
+
+
+def test_kafka_roundtrip(env: dict[str, str]) -> None:
+    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+    topic = f"stack-test-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, key=b"k", value=b"hello")
+    assert producer.flush(30) == 0
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{topic}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        msg = None
+        for _ in range(60):
+            msg = consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                break
+        assert msg is not None and msg.error() is None
+        assert (msg.key(), msg.value()) == (b"k", b"hello")
+    finally:
+        consumer.close()
+
+
+def test_postgres_password(env: dict[str, str]) -> None:
+    with _connect(env) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("promo",)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        _connect(env, password="wrong-password")
+
+
+def test_up_is_idempotent(stack: LocalStack, env: dict[str, str]) -> None:
+    pids = (stack.postgres().pid(), stack.kafka().pid())
+    assert stack.up() == env
+    assert (stack.postgres().pid(), stack.kafka().pid()) == pids
+
+
+def test_second_stack_gets_other_ports(
+    tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
+) -> None:
+    other = LocalStack(tmp_path_factory.mktemp("stack-b"))
+    try:
+        other_env = other.up()
+        ports = {env["POSTGRES_PORT"], env["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1]}
+        other_ports = {
+            other_env["POSTGRES_PORT"],
+            other_env["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1],
+        }
+        assert not ports & other_ports
+        assert other_env["POSTGRES_PASSWORD"] != env["POSTGRES_PASSWORD"]
+        with _connect(other_env) as conn:
+            conn.execute("SELECT 1")
+    finally:
+        other.destroy()
+    assert not other.dir.exists()
+
+
+def test_down_then_up_keeps_data(stack: LocalStack, env: dict[str, str]) -> None:
+    with _connect(env) as conn:
+        conn.execute("CREATE TABLE survivor (note text)")
+        conn.execute("INSERT INTO survivor VALUES ('still here')")
+    pg, kafka = stack.postgres(), stack.kafka()
+
+    stack.down()
+    assert wait_until(lambda: not pg.is_running() and not kafka.is_running(), 30)
+    assert [running for _, running, _ in stack.status()] == [False, False]
+    stack.down()  # already stopped: a no-op
+
+    assert stack.up() == env
+    with _connect(env) as conn:
+        assert conn.execute("SELECT note FROM survivor").fetchall() == [("still here",)]
