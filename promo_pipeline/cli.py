@@ -101,6 +101,7 @@ def run_job() -> tuple[bool, str]:
 
     from promo_pipeline.definitions import defs
 
+    load_settings(export=True)
     instance = (
         DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     )

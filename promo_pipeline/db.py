@@ -57,6 +57,18 @@ CREATE TABLE IF NOT EXISTS promo.campaigns (
 CREATE INDEX IF NOT EXISTS campaigns_window_idx
     ON promo.campaigns (adv_campaign_datetime_end, adv_campaign_datetime_start);
 
+-- What each micro-batch of a run did; written in the batch's own transaction.
+CREATE TABLE IF NOT EXISTS promo.campaign_batches (
+    run_id text NOT NULL,
+    batch_id int8 NOT NULL,
+    messages int4 NOT NULL,
+    valid int4 NOT NULL,
+    campaigns_changed int4 NOT NULL,
+    rejected jsonb NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, batch_id)
+);
+
 -- Triggers of a run land here first (bulk load), then move to subscribers_feedback in one
 -- transaction together with their outbox entries.
 CREATE UNLOGGED TABLE IF NOT EXISTS promo.trigger_stage (

@@ -10,5 +10,6 @@ promo_job = define_asset_job(
     "promo_job",
     selection=AssetSelection.assets(*ALL_ASSETS),
     executor_def=in_process_executor,
+    tags={"promo/pipeline": "promo_job"},
     description="Read new campaigns, compute due triggers, write them to Postgres then Kafka.",
 )

@@ -29,6 +29,8 @@ EXPECTED_KEYS = [
     "PROMO_STATE_DIR",
     "PROMO_SPARK_JARS",
     "SPARK_MASTER",
+    "DAGSTER_HOME",
+    "DAGSTER_PG_DB",
 ]
 
 

@@ -1,12 +1,17 @@
 """The campaign batch: new messages from the input topic, validated, folded into campaign state."""
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Self
 
+import psycopg
 from confluent_kafka import KafkaException, Producer
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_pyspark import LazyPySparkResource
+from psycopg.types.json import Jsonb
 from pyspark.sql import DataFrame
 
 from promo_pipeline.resources import (
@@ -16,6 +21,8 @@ from promo_pipeline.resources import (
     StateResource,
 )
 from promo_pipeline.schema import CAMPAIGN_COLUMNS, Campaign, Rejection, parse_campaign
+
+log = logging.getLogger(__name__)
 
 STATE_COLUMNS = (*CAMPAIGN_COLUMNS, "kafka_partition", "kafka_offset")
 
@@ -30,29 +37,55 @@ WHERE excluded.datetime_created >= promo.campaigns.datetime_created
 """
 
 
+@dataclass(frozen=True)
+class IngestTarget:
+    """Everything a micro-batch needs, picklable: under Spark Connect the batch function runs
+    in a Python worker next to the server, not in this process."""
+
+    conninfo: str
+    kafka_config: dict[str, Any]
+    dlq_topic: str
+    run_id: str
+
+
 @dataclass
 class CampaignTally:
-    """What the micro-batches of one run did, for the run's metadata and summary."""
+    """What the micro-batches of one run did, summed from promo.campaign_batches."""
 
     batches: int = 0
     messages: int = 0
     valid: int = 0
     campaigns_changed: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    end_offsets: dict[str, int] = field(default_factory=dict)
 
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
 
+    @classmethod
+    def of_run(cls, conninfo: str, run_id: str) -> Self:
+        tally = cls()
+        with psycopg.connect(conninfo) as conn:
+            for messages, valid, changed, rejected in conn.execute(
+                "SELECT messages, valid, campaigns_changed, rejected "
+                "FROM promo.campaign_batches WHERE run_id = %s",
+                (run_id,),
+            ):
+                tally.batches += 1
+                tally.messages += messages
+                tally.valid += valid
+                tally.campaigns_changed += changed
+                tally.rejected.update(rejected)
+        return tally
+
 
 class DeadLetters:
     """Sends rejected messages to the DLQ, unchanged, with the reason in headers."""
 
-    def __init__(self, kafka: KafkaResource) -> None:
-        self.topic = kafka.dlq_topic
+    def __init__(self, kafka_config: dict[str, Any], topic: str) -> None:
+        self.topic = topic
         self.producer = Producer(
-            kafka.client_config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 20})
+            {**kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 20}
         )
         self.errors: list[str] = []
 
@@ -84,15 +117,17 @@ class DeadLetters:
             )
 
 
-def ingest_batch(
-    batch: DataFrame,
-    batch_id: int,
-    *,
-    postgres: PostgresResource,
-    dead_letters: DeadLetters,
-    tally: CampaignTally,
-    log: object,
-) -> None:
+RECORD_BATCH = """
+INSERT INTO promo.campaign_batches
+    (run_id, batch_id, messages, valid, campaigns_changed, rejected)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (run_id, batch_id) DO UPDATE SET
+    messages = excluded.messages, valid = excluded.valid,
+    campaigns_changed = excluded.campaigns_changed, rejected = excluded.rejected
+"""
+
+
+def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
     """One micro-batch: reject to the DLQ first, then upsert the valid campaigns.
 
     Both steps are idempotent, so a batch replayed after a crash changes nothing twice.
@@ -101,6 +136,7 @@ def ingest_batch(
     columns = [table.column(name).to_pylist() for name in table.column_names]
     valid: list[tuple[Campaign, int, int]] = []
     rejected: Counter[str] = Counter()
+    dead_letters = DeadLetters(target.kafka_config, target.dlq_topic)
     for key, value, topic, partition, offset in zip(*columns, strict=True):
         outcome = parse_campaign(value)
         if isinstance(outcome, Campaign):
@@ -110,9 +146,9 @@ def ingest_batch(
             dead_letters.send(key, value, outcome, f"{topic}/{partition}/{offset}")
     if rejected:
         dead_letters.flush()
-    changed = 0
-    if valid:
-        with postgres.connect() as conn, conn.transaction():
+    with psycopg.connect(target.conninfo) as conn, conn.transaction():
+        changed = 0
+        if valid:
             conn.execute(
                 "CREATE TEMP TABLE campaign_in (LIKE promo.campaigns INCLUDING DEFAULTS) "
                 "ON COMMIT DROP"
@@ -123,14 +159,17 @@ def ingest_batch(
                 for campaign, partition, offset in valid:
                     copy.write_row((*campaign.model_dump().values(), partition, offset))
             changed = conn.execute(UPSERT_CAMPAIGNS).rowcount
-    tally.batches += 1
-    tally.messages += table.num_rows
-    tally.valid += len(valid)
-    tally.campaigns_changed += changed
-    tally.rejected.update(rejected)
-    log.info(  # type: ignore[attr-defined]
-        f"campaign micro-batch {batch_id}: {table.num_rows} messages, {len(valid)} valid, "
-        f"{changed} campaigns changed, rejected {dict(rejected) or 0}"
+        conn.execute(
+            RECORD_BATCH,
+            (target.run_id, batch_id, table.num_rows, len(valid), changed, Jsonb(rejected)),
+        )
+    log.info(
+        "campaign micro-batch %s: %s messages, %s valid, %s campaigns changed, rejected %s",
+        batch_id,
+        table.num_rows,
+        len(valid),
+        changed,
+        dict(rejected) or 0,
     )
 
 
@@ -148,29 +187,21 @@ def campaign_batch(
     postgres: PostgresResource,
     state: StateResource,
 ) -> MaterializeResult:
-    session = spark.spark_session
-    tally = CampaignTally()
-    dead_letters = DeadLetters(kafka)
-
-    def foreach_batch(batch: DataFrame, batch_id: int) -> None:
-        ingest_batch(
-            batch,
-            batch_id,
-            postgres=postgres,
-            dead_letters=dead_letters,
-            tally=tally,
-            log=context.log,
-        )
-
+    target = IngestTarget(
+        conninfo=postgres.conninfo(),
+        kafka_config=kafka.client_config(),
+        dlq_topic=kafka.dlq_topic,
+        run_id=context.run_id,
+    )
     query = (
-        session.readStream.format("kafka")
+        spark.spark_session.readStream.format("kafka")
         .options(**kafka.spark_options())
         .option("subscribe", kafka.input_topic)
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
         .load()
         .writeStream.queryName("campaign_batch")
-        .foreachBatch(foreach_batch)
+        .foreachBatch(partial(ingest_batch, target=target))
         .option("checkpointLocation", state.checkpoint_dir)
         .trigger(availableNow=True)
         .start()
@@ -178,6 +209,7 @@ def campaign_batch(
     query.awaitTermination()
     if query.exception() is not None:
         raise query.exception()
+    end_offsets: dict[str, int] = {}
     for progress in (json.loads(p.json) for p in query.recentProgress):
         if progress.get("numInputRows"):
             context.log.info(f"streaming progress: {json.dumps(progress)}")
@@ -186,7 +218,8 @@ def campaign_batch(
             if isinstance(end, str):
                 end = json.loads(end)
             for partitions in end.values():
-                tally.end_offsets.update({str(p): int(o) for p, o in partitions.items()})
+                end_offsets.update({str(p): int(o) for p, o in partitions.items()})
+    tally = CampaignTally.of_run(target.conninfo, context.run_id)
     context.log.info(
         f"campaign batch: {tally.messages} messages in {tally.batches} micro-batches, "
         f"{tally.valid} valid, {tally.rejected_total} rejected"
@@ -199,6 +232,6 @@ def campaign_batch(
             "campaigns_changed": tally.campaigns_changed,
             "rejected": tally.rejected_total,
             **{f"rejected_{code}": count for code, count in sorted(tally.rejected.items())},
-            "end_offsets": MetadataValue.json(tally.end_offsets),
+            "end_offsets": MetadataValue.json(end_offsets),
         }
     )

@@ -18,6 +18,17 @@ from promo_pipeline.schema import TRIGGER_COLUMNS
 
 COLUMNS = ", ".join(TRIGGER_COLUMNS)
 
+# Bounded waits: an unreachable broker or missing topic fails the run in seconds rather than
+# hanging it; the outbox keeps the triggers for the next run.
+PRODUCER_OPTIONS = {
+    "kafka.acks": "all",
+    "kafka.enable.idempotence": "true",
+    "kafka.linger.ms": "20",
+    "kafka.max.block.ms": "15000",
+    "kafka.request.timeout.ms": "15000",
+    "kafka.delivery.timeout.ms": "45000",
+}
+
 MOVE_STAGED = f"""
 WITH inserted AS (
     INSERT INTO public.subscribers_feedback ({COLUMNS})
@@ -126,9 +137,7 @@ def push_sink(
         kafka_records(outgoing)
         .write.format("kafka")
         .options(**kafka.spark_options())
-        .option("kafka.acks", "all")
-        .option("kafka.enable.idempotence", "true")
-        .option("kafka.linger.ms", "20")
+        .options(**PRODUCER_OPTIONS)
         .option("topic", kafka.output_topic)
         .save()
     )

@@ -25,6 +25,10 @@ log = logging.getLogger("promo_pipeline.stack")
 
 DB_NAME = "promo"
 DB_USER = "promo"
+DAGSTER_DB_NAME = "dagster"
+# The repo's instance configuration: `dagster dev` on the local stack runs on the same file
+# as production (storage in this stack's Postgres).
+REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -45,6 +49,7 @@ class LocalStack:
         self.config_file = self.dir / "stack.json"
         self.env_file = self.dir / "stack.env"
         self.state_dir = self.dir / "state"
+        self.dagster_home = self.dir / "dagster_home"
 
     # -- persisted settings -------------------------------------------------------------
 
@@ -126,6 +131,8 @@ class LocalStack:
             "PROMO_STATE_DIR": str(self.state_dir),
             "PROMO_SPARK_JARS": ",".join(str(j) for j in jars),
             "SPARK_MASTER": "local[2]",
+            "DAGSTER_HOME": str(self.dagster_home),
+            "DAGSTER_PG_DB": DAGSTER_DB_NAME,
         }
 
     def up(self) -> dict[str, str]:
@@ -138,10 +145,25 @@ class LocalStack:
             pg.start()
             kafka.start()
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._prepare_dagster_home(pg)
             settings = self.settings()
             _write_private(self.env_file, "".join(f"{k}={v}\n" for k, v in settings.items()))
             log.info("stack up in %s (settings in %s)", self.dir, self.env_file)
             return settings
+
+    def _prepare_dagster_home(self, pg: PostgresCluster) -> None:
+        with pg.connect() as conn:
+            conn.autocommit = True
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DAGSTER_DB_NAME,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DAGSTER_DB_NAME}"')
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        if REPO_DAGSTER_YAML.is_file():
+            shutil.copyfile(REPO_DAGSTER_YAML, self.dagster_home / "dagster.yaml")
+        else:
+            log.warning("no dagster.yaml next to the package; DAGSTER_HOME keeps Dagster defaults")
 
     def down(self) -> None:
         """Stop Kafka, then Postgres; data stays. Fine to call when already stopped."""
