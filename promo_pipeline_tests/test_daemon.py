@@ -1,0 +1,75 @@
+"""Production mode in miniature: the Dagster daemon ticks the sensor, the queued run
+coordinator launches the job in its own process, and a trigger arrives in both sinks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from promo_pipeline.db import conninfo
+from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
+
+pytestmark = [pytest.mark.stack, pytest.mark.spark, pytest.mark.daemon]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_daemon_sensor_launches_job_and_trigger_reaches_both_sinks(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dagster_db = f"{pipeline.settings.postgres_db}_dagster"
+    with psycopg.connect(conninfo(pipeline.settings), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dagster_db}"')
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_PG_DB", dagster_db)
+
+    pipeline.subscribe((SEED_CLIENT, SEED_CAMPAIGN["restaurant_id"]))
+    pipeline.publish(SEED_CAMPAIGN)
+
+    log = (tmp_path / "daemon.log").open("w")
+    daemon = subprocess.Popen(
+        [str(Path(os.sys.executable).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not pipeline.pairs():
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            time.sleep(2)
+        assert pipeline.pairs() == {(SEED_CAMPAIGN["adv_campaign_id"], SEED_CLIENT)}, (
+            tmp_path / "daemon.log"
+        ).read_text()[-3000:]
+        instance = DagsterInstance.get()
+        while time.monotonic() < deadline:
+            runs = instance.get_runs(RunsFilter(job_name="promo_job"))
+            if runs and runs[0].status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE):
+                break
+            time.sleep(1)
+        [run] = runs
+        assert run.status == DagsterRunStatus.SUCCESS
+        assert "new campaign messages" in run.tags["promo/reason"]
+        assert run.tags["dagster/sensor_name"] == "promo_work_sensor"
+        [message] = pipeline.output()
+        assert message.key() == SEED_CLIENT.encode()
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        log.close()
