@@ -1,0 +1,72 @@
+"""Settings fail at start-up with a message that names the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from promo_pipeline.settings import SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def no_stack_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("PROMO_STACK_DIR", str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("POSTGRES_PORT", "five", "valid integer"),
+        ("POSTGRES_PORT", "70000", "less than or equal to 65535"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "host:port"),
+        ("KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT"),
+        ("PROMO_OUTPUT_TOPIC", "bad topic!", "not a valid Kafka topic name"),
+        ("KAFKA_SSL_CA_LOCATION", "/nonexistent/ca.pem", "no such file"),
+        ("PROMO_MAX_OFFSETS_PER_TRIGGER", "0", "greater than 0"),
+        ("PROMO_SPARK_JARS", "/nonexistent.jar", "no such jar"),
+    ],
+)
+def test_malformed_setting_is_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, words: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert name in str(error.value) and words in str(error.value)
+
+
+def test_sasl_needs_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    with pytest.raises(SettingsError, match="KAFKA_SASL_USERNAME is required"):
+        load_settings()
+
+
+def test_password_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTGRES_PASSWORD", "s3cr3t-value")
+    monkeypatch.setenv("POSTGRES_PORT", "x")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert "s3cr3t-value" not in str(error.value)
+    monkeypatch.setenv("POSTGRES_PORT", "5432")
+    assert "s3cr3t-value" not in repr(load_settings())
+
+
+def test_cli_and_code_location_fail_at_start_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POSTGRES_PORT", "abc")
+    cli = subprocess.run(
+        [sys.executable, "-m", "promo_pipeline.cli", "run"], capture_output=True, text=True
+    )
+    assert cli.returncode == 2
+    assert cli.stderr.strip().splitlines() == [
+        "promo: invalid settings: POSTGRES_PORT: Input should be a valid integer, unable to "
+        "parse string as an integer ('abc')"
+    ]
+    location = subprocess.run(
+        [sys.executable, "-c", "import promo_pipeline.definitions"], capture_output=True, text=True
+    )
+    assert location.returncode != 0 and "POSTGRES_PORT" in location.stderr
