@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -36,19 +37,20 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
-def pick_free_ports(count: int) -> list[int]:
-    """`count` distinct ports the kernel considers free right now on 127.0.0.1.
+# Below Linux's ephemeral range (32768-60999): a port picked there can be taken by any
+# outgoing connection (a Kafka or JDBC client) before the server binds it.
+PORT_RANGE = range(20000, 32000)
 
-    All sockets stay bound until every port is picked, so the kernel cannot hand out one twice.
-    """
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+
+def pick_free_ports(count: int) -> list[int]:
+    """`count` distinct ports outside the ephemeral range that are free right now."""
+    picked: list[int] = []
+    for port in random.sample(PORT_RANGE, len(PORT_RANGE)):
+        if port_is_free(port):
+            picked.append(port)
+            if len(picked) == count:
+                return picked
+    raise RuntimeError(f"no {count} free ports in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
 
 
 def port_is_free(port: int) -> bool:
