@@ -7,14 +7,43 @@ import csv
 import logging
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from importlib import resources as package_files
 from pathlib import Path
+from typing import Any, NoReturn, TextIO
 
 from promo_pipeline.settings import Settings, SettingsError, load_settings
 
 DEFAULT_STACK_DIR = ".promo"
+KAFKA_TIMEOUT_S = 10.0
+
+
+class UserError(Exception):
+    """Something the user can fix (a wrong argument, a stack that is down): one line, no
+    traceback."""
+
+
+def require_topic(settings: Settings, topic: str) -> None:
+    """Fail in seconds, in one line, when Kafka is unreachable or the topic is missing."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from promo_pipeline.resources import kafka_resource
+
+    # Quiet: librdkafka would print every reconnect attempt; the one line below says it all.
+    admin = AdminClient(kafka_resource(settings).client_config(log_level=0))
+    try:
+        topics = admin.list_topics(timeout=KAFKA_TIMEOUT_S).topics
+    except KafkaException:
+        raise UserError(
+            f"Kafka at {settings.kafka_bootstrap_servers} does not answer "
+            "(is the stack up? `promo stack status`)"
+        ) from None
+    if topic not in topics:
+        raise UserError(f"topic {topic} does not exist (`promo stack up` creates it)")
 
 
 def _stack_dir(args: argparse.Namespace) -> Path:
@@ -61,14 +90,27 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def send(settings: Settings, lines: Iterable[str]) -> int:
-    """Publish one message per non-empty line, as-is; returns how many."""
-    from confluent_kafka import Producer
+def send(
+    settings: Settings,
+    lines: Iterable[str],
+    *,
+    key: str | None = None,
+    progress: bool = False,
+) -> int:
+    """Publish one message per non-empty line, as-is (like `kcat -P`); returns how many.
+
+    Lines are not validated here: a bad one goes to the DLQ with its reason when the pipeline
+    reads it, which is what happens to a restaurant's bad message too.
+    """
+    from confluent_kafka import KafkaException, Producer
 
     from promo_pipeline.resources import kafka_resource
 
     kafka = kafka_resource(settings)
-    producer = Producer(kafka.client_config(**{"enable.idempotence": True}))
+    require_topic(settings, kafka.input_topic)
+    producer = Producer(
+        kafka.client_config(**{"enable.idempotence": True, "message.timeout.ms": 30_000})
+    )
     errors: list[str] = []
 
     def delivered(error: object, _message: object) -> None:
@@ -76,21 +118,52 @@ def send(settings: Settings, lines: Iterable[str]) -> int:
             errors.append(str(error))
 
     count = 0
+    shown = time.monotonic()
+    encoded_key = key.encode() if key is not None else None
     for line in lines:
-        if line.strip():
-            producer.produce(
-                kafka.input_topic, value=line.rstrip("\n").encode(), on_delivery=delivered
-            )
-            count += 1
-    if producer.flush(30) or errors:
-        raise RuntimeError(f"could not publish to {kafka.input_topic}: {errors[:1] or 'timeout'}")
+        if not line.strip():
+            continue
+        while True:
+            try:
+                producer.produce(
+                    kafka.input_topic,
+                    value=line.rstrip("\r\n").encode(),
+                    key=encoded_key,
+                    on_delivery=delivered,
+                )
+                break
+            except BufferError:
+                producer.poll(0.5)
+            except KafkaException as error:
+                raise UserError(f"could not publish to {kafka.input_topic}: {error}") from None
+        producer.poll(0)
+        count += 1
+        if progress and time.monotonic() - shown >= 1:
+            print(f"  sent {count} ...", file=sys.stderr)
+            shown = time.monotonic()
+    left = producer.flush(60)
+    if left or errors:
+        problem = errors[0] if errors else f"{left} messages unacknowledged after 60 s"
+        raise UserError(f"could not publish to {kafka.input_topic}: {problem}")
     return count
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     settings = load_settings()
-    with open(args.file, encoding="utf-8") if args.file != "-" else sys.stdin as source:
-        count = send(settings, source)
+    if args.file == "-":
+        if sys.stdin.isatty():
+            print("reading campaigns from stdin, one JSON per line; Ctrl-D ends", file=sys.stderr)
+        count = send(settings, sys.stdin, key=args.key, progress=True)
+    else:
+        try:
+            source = open(args.file, encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise UserError(f"cannot read {args.file}: {error.strerror}") from None
+        with source:
+            try:
+                count = send(settings, source, key=args.key, progress=True)
+            except UnicodeDecodeError:
+                raise UserError(f"{args.file} is not UTF-8 text") from None
     print(f"sent {count} campaign messages to {settings.promo_input_topic}")
     return 0
 
@@ -119,9 +192,15 @@ def run_job() -> tuple[bool, str]:
         shown = ", ".join(
             f"{key.removeprefix('dagster/')} {entry.value}"
             for key, entry in materialization.metadata.items()
-            if isinstance(entry.value, int | float)
+            if isinstance(entry.value, int | float) and "_offset_p" not in key
         )
         lines.append(f"  {materialization.asset_key.to_user_string():<20} {shown}")
+    for evaluation in result.get_asset_check_evaluations():
+        verdict = "passed" if evaluation.passed else evaluation.severity.value
+        lines.append(
+            f"  check {evaluation.check_name}: {verdict}"
+            + (f" ({evaluation.description})" if evaluation.description else "")
+        )
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
@@ -194,46 +273,472 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if success else 1
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="promo", description=__doc__)
-    commands = top.add_subparsers(dest="command", required=True)
+def format_message(message: Any, dlq: bool) -> str:
+    """One line per message: where it is, its key, the DLQ's reason, the value."""
+    key = message.key().decode(errors="replace") if message.key() is not None else "-"
+    value = message.value().decode(errors="replace") if message.value() is not None else "null"
+    parts = [f"p{message.partition()}@{message.offset()}", f"key={key}"]
+    if dlq:
+        headers = {name: data.decode(errors="replace") for name, data in message.headers() or []}
+        parts.append(f"reason={headers.get('promo.reject.reason', '?')}")
+        parts.append(f"source={headers.get('promo.source', '?')}")
+    parts.append(value)
+    return "  ".join(parts)
 
-    stack = commands.add_parser("stack", help="the embedded local Kafka + Postgres")
+
+def tail(
+    settings: Settings,
+    *,
+    dlq: bool = False,
+    from_beginning: bool = False,
+    count: int | None = None,
+    exit_at_end: bool = False,
+    out: TextIO | None = None,
+) -> int:
+    """Print messages of the output topic (or the DLQ) as they arrive; returns how many."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+
+    from promo_pipeline.resources import kafka_resource
+
+    kafka = kafka_resource(settings)
+    topic = kafka.dlq_topic if dlq else kafka.output_topic
+    require_topic(settings, topic)
+    consumer = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": "promo_cli.tail",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+    )
+    try:
+        partitions = sorted(
+            consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_S).topics[topic].partitions
+        )
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+        print(
+            f"% {topic}: {'from the beginning' if from_beginning else 'new messages'}"
+            + (f", {count} at most" if count else "")
+            + ("" if exit_at_end or count else "; Ctrl-C stops"),
+            file=sys.stderr,
+        )
+        shown = 0
+        at_end: set[int] = set()
+        while count is None or shown < count:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(message.partition())
+                    if exit_at_end and at_end >= set(partitions):
+                        break
+                    continue
+                raise UserError(f"reading {topic}: {message.error()}")
+            at_end.discard(message.partition())
+            print(format_message(message, dlq), file=out or sys.stdout, flush=True)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    print(f"% {shown} messages", file=sys.stderr)
+    return shown
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    tail(
+        load_settings(),
+        dlq=args.dlq,
+        from_beginning=args.from_beginning,
+        count=args.count,
+        exit_at_end=args.exit,
+    )
+    return 0
+
+
+def _uuid_argument(name: str, value: str) -> str:
+    from promo_pipeline.schema import UUID_PATTERN
+
+    if not UUID_PATTERN.match(value):
+        raise UserError(
+            f"{name} must be a UUID like 023e4567-e89b-12d3-a456-426614174000: {value!r}"
+        )
+    return value.lower()
+
+
+def subscribe(settings: Settings, client: str, restaurant: str) -> tuple[bool, list[str]]:
+    """Add the subscription unless present; returns (added, active campaigns it will get)."""
+    import psycopg
+
+    from promo_pipeline.db import conninfo
+
+    now = int(time.time())
+    with psycopg.connect(conninfo(settings)) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{client}/{restaurant}",))
+        present = conn.execute(
+            "SELECT 1 FROM public.subscribers_restaurants WHERE client_id = %s "
+            "AND restaurant_id = %s",
+            (client, restaurant),
+        ).fetchone()
+        if not present:
+            conn.execute(
+                "INSERT INTO public.subscribers_restaurants (client_id, restaurant_id) "
+                "VALUES (%s, %s)",
+                (client, restaurant),
+            )
+        due = [
+            row[0]
+            for row in conn.execute(
+                "SELECT c.adv_campaign_id FROM promo.campaigns c WHERE c.restaurant_id = %s "
+                "AND c.adv_campaign_datetime_start <= %s AND c.adv_campaign_datetime_end > %s "
+                "AND NOT EXISTS (SELECT 1 FROM public.subscribers_feedback f WHERE "
+                "f.adv_campaign_id = c.adv_campaign_id AND f.client_id = %s) "
+                "ORDER BY c.adv_campaign_id",
+                (restaurant, now, now, client),
+            )
+        ]
+    return not present, due
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    client = _uuid_argument("CLIENT", args.client)
+    restaurant = _uuid_argument("RESTAURANT", args.restaurant)
+    added, due = subscribe(load_settings(), client, restaurant)
+    print(
+        f"client {client} {'subscribed to' if added else 'was already subscribed to'} "
+        f"restaurant {restaurant}"
+    )
+    if due:
+        print(
+            f"{len(due)} active campaign(s) will trigger for this client on the next run "
+            f"(the sensor starts one within a minute, or `promo run`): {', '.join(due)}"
+        )
+    else:
+        print("no active campaign of this restaurant is waiting to trigger for this client")
+    return 0
+
+
+def _when(epoch: int, now: int) -> str:
+    stamp = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    seconds = epoch - now
+    if seconds <= 0:
+        return stamp
+    hours, rest = divmod(seconds, 3600)
+    days, hours = divmod(hours, 24)
+    span = (
+        f"{days}d {hours}h"
+        if days
+        else f"{hours}h {rest // 60}m"
+        if hours
+        else f"{rest // 60}m {rest % 60}s"
+    )
+    return f"{stamp} (in {span})"
+
+
+STATUS_CAMPAIGNS = """
+SELECT count(*) FILTER (WHERE adv_campaign_datetime_start <= %(now)s
+                          AND adv_campaign_datetime_end > %(now)s),
+       count(*) FILTER (WHERE adv_campaign_datetime_start > %(now)s),
+       count(*) FILTER (WHERE adv_campaign_datetime_end <= %(now)s)
+FROM promo.campaigns
+"""
+
+STATUS_HELD = """
+SELECT adv_campaign_id, restaurant_id, adv_campaign_datetime_start FROM promo.campaigns
+WHERE adv_campaign_datetime_start > %(now)s
+ORDER BY adv_campaign_datetime_start, adv_campaign_id LIMIT 10
+"""
+
+STATUS_LAST_INPUT = """
+SELECT run_id, max(recorded_at), sum(messages), sum(valid), count(*) FROM promo.campaign_batches
+GROUP BY run_id ORDER BY max(recorded_at) DESC LIMIT 1
+"""
+
+STATUS_LAST_TRIGGERS = """
+SELECT trigger_datetime_created, count(*), count(DISTINCT adv_campaign_id)
+FROM public.subscribers_feedback
+WHERE trigger_datetime_created = (SELECT max(trigger_datetime_created)
+                                  FROM public.subscribers_feedback)
+GROUP BY trigger_datetime_created
+"""
+
+
+def status_lines(settings: Settings, now: int | None = None) -> list[str]:
+    """What an operator asks first: is input waiting, what is held, what did the last run do."""
+    import psycopg
+
+    from promo_pipeline.assets.campaigns import CampaignTally
+    from promo_pipeline.db import conninfo
+    from promo_pipeline.resources import kafka_resource
+    from promo_pipeline.work import committed_offsets, topic_watermarks
+
+    now = int(time.time()) if now is None else now
+    kafka = kafka_resource(settings)
+    require_topic(settings, kafka.input_topic)
+    done = committed_offsets(settings.promo_state_dir / "checkpoints" / "campaigns")
+    lines = []
+    watermarks = topic_watermarks(kafka, kafka.input_topic)
+    lag = {
+        p: max(0, high - max(low, done.get((kafka.input_topic, p), 0)))
+        for p, (low, high) in watermarks.items()
+    }
+    lines.append(
+        f"input {kafka.input_topic}: {sum(lag.values())} messages waiting; per partition "
+        + ", ".join(
+            f"p{p} lag {lag[p]} (read to {done.get((kafka.input_topic, p), 0)} of {high})"
+            for p, (_, high) in watermarks.items()
+        )
+    )
+    with psycopg.connect(conninfo(settings)) as conn:
+        active, held, expired = conn.execute(STATUS_CAMPAIGNS, {"now": now}).fetchone()
+        lines.append(f"campaigns: {active} active, {held} held for later, {expired} expired")
+        for campaign, restaurant, start in conn.execute(STATUS_HELD, {"now": now}):
+            lines.append(f"  held {campaign} (restaurant {restaurant}) due {_when(start, now)}")
+        unsent = conn.execute("SELECT count(*) FROM promo.kafka_outbox").fetchone()[0]
+        lines.append(f"outbox: {unsent} triggers committed to Postgres await Kafka delivery")
+        last_input = conn.execute(STATUS_LAST_INPUT).fetchone()
+        last_triggers = conn.execute(STATUS_LAST_TRIGGERS).fetchone()
+    if last_input:
+        run_id, at, _, _, _ = last_input
+        tally = CampaignTally.of_run(conninfo(settings), run_id)
+        reasons = ", ".join(f"{code} {n}" for code, n in sorted(tally.rejected.items()))
+        lines.append(
+            f"last input read: run {run_id[:8]} at {at.astimezone(UTC):%Y-%m-%d %H:%M:%S UTC}: "
+            f"{tally.messages} messages, {tally.valid} valid, {tally.rejected_total} rejected"
+            + (f" ({reasons})" if reasons else "")
+        )
+    else:
+        lines.append("last input read: none yet")
+    if last_triggers:
+        at, count, campaigns = last_triggers
+        lines.append(f"last triggers: {count} for {campaigns} campaign(s) at {_when(at, now)}")
+    else:
+        lines.append("last triggers: none yet")
+    lines.extend(_dagster_last_run())
+    return lines
+
+
+def _dagster_last_run() -> list[str]:
+    """The latest promo_job run from the Dagster instance, when DAGSTER_HOME names one."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return ["last Dagster run: unknown (DAGSTER_HOME is not set)"]
+    from dagster import AssetKey, DagsterInstance, RunsFilter
+
+    shown = {
+        "campaign_batch": ("messages_read", "rejected"),
+        "triggers": ("dagster/row_count",),
+        "push_sink": ("sent_this_run",),
+    }
+    with DagsterInstance.get() as instance:
+        records = instance.get_run_records(RunsFilter(job_name="promo_job"), limit=1)
+        if not records:
+            return ["last Dagster run: none yet"]
+        run = records[0].dagster_run
+        at = records[0].end_time or records[0].start_time or records[0].create_timestamp.timestamp()
+        counts = []
+        for key, names in shown.items():
+            entry = instance.get_latest_materialization_event(AssetKey(key))
+            if entry is None or entry.run_id != run.run_id or not entry.asset_materialization:
+                continue
+            metadata = entry.asset_materialization.metadata
+            counts += [
+                f"{key} {name.removeprefix('dagster/')} {metadata[name].value}"
+                for name in names
+                if name in metadata
+            ]
+    if "dagster/parent_run_id" in run.tags:
+        reason = f"retry of {run.tags['dagster/parent_run_id'][:8]}"
+    elif "dagster/sensor_name" in run.tags:
+        reason = f"sensor: {run.tags.get('promo/reason', '')}"
+    else:
+        reason = "launched from the UI or the CLI"
+    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return [
+        f"last Dagster run: {run.run_id[:8]} {run.status.value} at {stamp}"
+        + (f": {', '.join(counts)}" if counts else "")
+        + f" (why: {reason[:120]})"
+    ]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    for line in status_lines(load_settings()):
+        print(line)
+    return 0
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument mistakes as one line naming the fix, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _command(
+    commands: Any, name: str, summary: str, description: str, examples: str
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 88),
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = OneLineParser(
+        prog="promo",
+        description=__doc__,
+        epilog="examples:\n  promo stack up && promo send promo_pipeline/sample/campaigns.jsonl "
+        "&& promo run\n  promo tail --from-beginning -n 5\n  promo status\n"
+        "Settings come from the environment, else from .promo/stack.env.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stack = _command(
+        commands,
+        "stack",
+        "the embedded local Kafka + Postgres",
+        "Start, stop or show the embedded Kafka and Postgres; `up` prints the settings as "
+        "exports and creates tables and topics.",
+        "  promo stack up                # start (or reuse) .promo/\n"
+        "  eval $(promo stack up)        # ... and export its settings into this shell\n"
+        "  promo stack status\n  promo stack down              # stop, keep the data\n",
+    )
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--dir", help=f"stack folder (default {DEFAULT_STACK_DIR}/)")
     stack.set_defaults(func=cmd_stack)
 
-    db = commands.add_parser("db", help="database tables")
+    db = _command(
+        commands,
+        "db",
+        "database tables",
+        "Create the seed's tables and the pipeline's own (schema promo) where missing.",
+        "  promo db init\n",
+    )
     db.add_argument("action", choices=["init"])
     db.set_defaults(func=cmd_db)
 
-    send_cmd = commands.add_parser(
+    send_cmd = _command(
+        commands,
         "send",
-        help="publish campaigns, one JSON per line",
-        description="Publish campaign messages, one JSON per line, e.g. "
-        "`promo send campaigns.jsonl` or `echo '{...}' | promo send -`.",
+        "publish campaigns, one JSON per line (like kcat -P)",
+        "Publish campaign messages to the input topic, one JSON object per line, as-is: a "
+        "malformed line is published too and lands in the DLQ with its reason when the "
+        "pipeline reads it.",
+        "  promo send promo_pipeline/sample/campaigns.jsonl\n"
+        '  echo \'{"restaurant_id": "...", ...}\' | promo send\n'
+        "  promo send --key restaurant-42 campaigns.jsonl\n",
     )
-    send_cmd.add_argument("file", nargs="?", default="-", help="file, or - for stdin")
+    send_cmd.add_argument("file", nargs="?", default="-", help="file, or - for stdin (default)")
+    send_cmd.add_argument("--key", help="message key for every line (default: none)")
     send_cmd.set_defaults(func=cmd_send)
 
-    run = commands.add_parser("run", help="run the job once, in this process")
+    tail_cmd = _command(
+        commands,
+        "tail",
+        "print triggers (or the DLQ) as they arrive (like kcat -C)",
+        "Follow the output topic, or with --dlq the dead-letter topic, printing one line per "
+        "message: partition@offset, key, for the DLQ the reject reason and source, then the "
+        "value. Reads from the end unless --from-beginning; stops after -n messages, at the "
+        "end with -e, or on Ctrl-C. Commits no consumer offsets.",
+        "  promo tail                         # new triggers, until Ctrl-C\n"
+        "  promo tail --from-beginning -n 10  # the first 10 triggers\n"
+        "  promo tail --dlq --from-beginning -e  # every rejected message, then exit\n",
+    )
+    tail_cmd.add_argument("--dlq", action="store_true", help="read the DLQ topic instead")
+    tail_cmd.add_argument("--from-beginning", action="store_true", help="start at the oldest")
+    tail_cmd.add_argument("-n", "--count", type=_positive, help="stop after N messages")
+    tail_cmd.add_argument("-e", "--exit", action="store_true", help="stop at the end")
+    tail_cmd.set_defaults(func=cmd_tail)
+
+    subscribe_cmd = _command(
+        commands,
+        "subscribe",
+        "add a client's favourite restaurant",
+        "Add (CLIENT, RESTAURANT) to public.subscribers_restaurants unless present, and say "
+        "which active campaigns will now trigger for the client on the next run.",
+        "  promo subscribe 023e4567-e89b-12d3-a456-426614174009 "
+        "123e4567-e89b-12d3-a456-426614174000\n",
+    )
+    subscribe_cmd.add_argument("client", metavar="CLIENT", help="client id (UUID)")
+    subscribe_cmd.add_argument("restaurant", metavar="RESTAURANT", help="restaurant id (UUID)")
+    subscribe_cmd.set_defaults(func=cmd_subscribe)
+
+    status_cmd = _command(
+        commands,
+        "status",
+        "input lag, held campaigns, the last run",
+        "Input lag per partition (broker end vs the pipeline's checkpoint), campaigns active, "
+        "held (and when due) and expired, triggers awaiting Kafka, and what the last run did. "
+        "With DAGSTER_HOME set, also the last Dagster run.",
+        "  promo status\n",
+    )
+    status_cmd.set_defaults(func=cmd_status)
+
+    run = _command(
+        commands,
+        "run",
+        "run the job once, in this process",
+        "Run promo_job once here (the sensor does this in production) and print a summary; "
+        "exit 1 when the run fails.",
+        "  promo run\n",
+    )
     run.set_defaults(func=cmd_run)
 
-    demo = commands.add_parser("demo", help="stack up, load samples, run, show triggers")
+    demo = _command(
+        commands,
+        "demo",
+        "stack up, load samples, run, show triggers",
+        "Start the stack, load the sample subscribers and campaigns, run once, show triggers.",
+        "  promo demo\n",
+    )
     demo.add_argument("--dir", help=f"stack folder (default {DEFAULT_STACK_DIR}/)")
     demo.set_defaults(func=cmd_demo)
     return top
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return int(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+    for noisy in ("py4j", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except SettingsError as error:
+    except (SettingsError, UserError) as error:
         print(f"promo: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        problem = _connection_problem(error)
+        if problem is None:
+            raise
+        print(f"promo: {problem}", file=sys.stderr)
+        return 1
+
+
+def _connection_problem(error: Exception) -> str | None:
+    """A down or unreachable service, said in one line; None for anything else (a bug)."""
+    import psycopg
+    from confluent_kafka import KafkaException
+
+    if isinstance(error, psycopg.OperationalError):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"Postgres does not answer ({first}); is the stack up? `promo stack status`"
+    if isinstance(error, KafkaException):
+        return f"Kafka: {error.args[0] if error.args else error}"
+    return None
 
 
 if __name__ == "__main__":

@@ -69,29 +69,37 @@ CREATE TABLE IF NOT EXISTS promo.campaign_batches (
     PRIMARY KEY (run_id, batch_id)
 );
 
--- Triggers of a run land here first (bulk load), then move to subscribers_feedback in one
--- transaction together with their outbox entries.
-CREATE UNLOGGED TABLE IF NOT EXISTS promo.trigger_stage (
-    restaurant_id text NOT NULL,
-    adv_campaign_id text NOT NULL,
-    adv_campaign_content text NOT NULL,
-    adv_campaign_owner text NOT NULL,
-    adv_campaign_owner_contact text NOT NULL,
-    adv_campaign_datetime_start int8 NOT NULL,
-    adv_campaign_datetime_end int8 NOT NULL,
-    client_id text NOT NULL,
-    datetime_created int8 NOT NULL,
-    trigger_datetime_created int8 NOT NULL
+-- Triggers committed to Postgres but not yet acknowledged by Kafka: one row per run, naming its
+-- rows in subscribers_feedback (id range and trigger time). The next run resends them rebuilt
+-- from the stored rows, so a resent message is byte-identical.
+CREATE TABLE IF NOT EXISTS promo.kafka_outbox_runs (
+    run_id text PRIMARY KEY,
+    trigger_time int8 NOT NULL,
+    first_id int8 NOT NULL,
+    last_id int8 NOT NULL,
+    triggers int8 NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
 );
-
--- Triggers committed to Postgres but not yet acknowledged by Kafka: the next run resends them
--- from the stored row, so a resent message is byte-identical.
-CREATE TABLE IF NOT EXISTS promo.kafka_outbox (
-    adv_campaign_id text NOT NULL,
-    client_id text NOT NULL,
-    run_id text NOT NULL,
-    PRIMARY KEY (adv_campaign_id, client_id)
-);
+-- Earlier versions kept one outbox row per trigger in a table of this name; it is replaced by
+-- the view below once empty (an older run must deliver what it holds first).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'promo' AND tablename = 'kafka_outbox')
+    THEN
+        IF EXISTS (SELECT 1 FROM promo.kafka_outbox) THEN
+            RAISE EXCEPTION 'promo.kafka_outbox (old layout) holds undelivered triggers: %',
+                'run the previous version once to deliver them';
+        END IF;
+        DROP TABLE promo.kafka_outbox;
+    END IF;
+END $$;
+DROP TABLE IF EXISTS promo.trigger_stage;
+-- Pending triggers, one row each, for people and checks.
+CREATE OR REPLACE VIEW promo.kafka_outbox AS
+SELECT f.adv_campaign_id, f.client_id, r.run_id
+FROM promo.kafka_outbox_runs r
+JOIN public.subscribers_feedback f
+  ON f.id BETWEEN r.first_id AND r.last_id AND f.trigger_datetime_created = r.trigger_time;
 """
 
 

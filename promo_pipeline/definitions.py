@@ -3,6 +3,7 @@
 from dagster import Definitions, mem_io_manager
 
 from promo_pipeline.assets import ALL_ASSETS
+from promo_pipeline.checks import ALL_CHECKS
 from promo_pipeline.jobs import promo_job
 from promo_pipeline.resources import build_resources
 from promo_pipeline.sensors import promo_work_sensor
@@ -13,6 +14,7 @@ settings = load_settings(export=True)
 
 defs = Definitions(
     assets=ALL_ASSETS,
+    asset_checks=ALL_CHECKS,
     jobs=[promo_job],
     sensors=[promo_work_sensor],
     resources={**build_resources(settings), "io_manager": mem_io_manager},

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import psycopg
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 from dagster import ConfigurableResource, EnvVar, Failure, InitResourceContext
 from dagster_pyspark import LazyPySparkResource
 from pydantic import PrivateAttr
@@ -84,6 +88,41 @@ class KafkaResource(ConfigurableResource):
         if self.ssl_ca_location:
             config["ssl.ca.location"] = self.ssl_ca_location
         return config | extra
+
+    def check_access(self, timeout: float = 20.0) -> None:
+        """Fail fast and readably when the brokers are unreachable or refuse our credentials.
+
+        librdkafka retries a refused login forever and reports it only through `error_cb`, so
+        metadata is requested in short rounds and the callback's errors are checked in between.
+        """
+        errors: list[KafkaError] = []
+        quiet = logging.getLogger("promo_pipeline.librdkafka")
+        quiet.setLevel(logging.CRITICAL)
+        admin = AdminClient(self.client_config(error_cb=errors.append, logger=quiet))
+        where = f"Kafka at {self.bootstrap_servers} ({self.security_protocol})"
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                admin.list_topics(timeout=1)
+                return
+            except KafkaException as error:
+                last = error
+            admin.poll(0)
+            for error in errors:
+                if error.code() == KafkaError._AUTHENTICATION:
+                    raise Failure(
+                        f"{where} rejected user {self.sasl_username!r} "
+                        f"({self.sasl_mechanism}): {error.str().split(': ', 1)[-1]}. Check "
+                        "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD; nothing was read or written."
+                    )
+                if error.code() == KafkaError._SSL:
+                    raise Failure(
+                        f"{where}: TLS handshake failed: {error.str()}. Check "
+                        "KAFKA_SSL_CA_LOCATION (the CA that signed the brokers' certificates)."
+                    )
+        shown = "; ".join(dict.fromkeys(e.str() for e in errors)) or last
+        raise Failure(f"{where} did not answer within {timeout:.0f} s: {shown}")
 
     def spark_options(self) -> dict[str, str]:
         """The same settings as options of Spark's Kafka source and sink."""
@@ -169,10 +208,11 @@ def spark_config(settings: Settings) -> dict[str, str]:
     """Spark settings for a small, predictable session.
 
     Jars come from local paths (no network at session start); without them Spark resolves the
-    connector through Ivy.
+    connector through Ivy. With an `sc://` URL the session is a Spark Connect client: the server
+    owns the driver, its jars and memory, so only the SQL session settings are sent.
     """
     jars = split_list(settings.promo_spark_jars)
-    return {
+    config = {
         "spark.master": settings.spark_master,
         "spark.app.name": "promo_pipeline",
         **({"spark.jars": ",".join(jars)} if jars else {"spark.jars.packages": SPARK_PACKAGES}),
@@ -184,6 +224,10 @@ def spark_config(settings: Settings) -> dict[str, str]:
         "spark.driver.memory": "2g",
         "spark.sql.streaming.stopGracefullyOnShutdown": "true",
     }
+    if settings.spark_master.startswith("sc://"):
+        sql = {key: value for key, value in config.items() if key.startswith("spark.sql.")}
+        return {"spark.remote": settings.spark_master, **sql}
+    return config
 
 
 # Which environment variable feeds which resource field.

@@ -18,6 +18,10 @@ UUID_PATTERN = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 INT8_MAX = 2**63 - 1
+# A trigger message carries the campaign's fields (as the input escaped them, or shorter) plus
+# ~100 bytes; a 512 KiB cap on the input keeps every trigger far below Kafka's default 1 MiB
+# message limit, so one oversized campaign cannot block the output topic run after run.
+MAX_MESSAGE_BYTES = 512 * 1024
 
 
 def _uuid(value: str) -> str:
@@ -120,6 +124,10 @@ def parse_campaign(value: bytes | None) -> Campaign | Rejection:
     """Validate one message value; never raises for bad input."""
     if value is None:
         return Rejection("tombstone", "message has no value")
+    if len(value) > MAX_MESSAGE_BYTES:
+        return Rejection(
+            "too_large", f"value is {len(value)} bytes, more than the {MAX_MESSAGE_BYTES} allowed"
+        )
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -43,7 +43,10 @@ def promo_work_sensor(
     )
     if running:
         run = running[0].dagster_run
-        return SkipReason(f"run {run.run_id[:8]} is {run.status.value}; runs never overlap")
+        return SkipReason(
+            f"runs in progress: {run.run_id[:8]} is {run.status.value}; runs never overlap, "
+            "the next tick looks again"
+        )
     work = find_work(kafka, postgres, state.checkpoint_dir, int(time.time()))
     if not work.due:
         return SkipReason("; ".join(work.idle))

@@ -49,12 +49,20 @@ class Settings(BaseSettings):
     promo_state_dir: Path = Field(
         Path(".promo/state"), description="Spark checkpoint and staged data (shared storage)"
     )
-    spark_master: str = Field("local[2]", min_length=1, description="Spark master URL")
+    spark_master: str = Field(
+        "local[2]",
+        min_length=1,
+        description="Spark master URL (local[n], spark://host:port, yarn, k8s://...), "
+        "or sc://host:port to run through a Spark Connect server",
+    )
     promo_spark_jars: str = Field(
         "", description="comma-separated connector jars; empty: resolved from Maven once"
     )
     promo_max_offsets_per_trigger: int = Field(
         100_000, gt=0, description="campaign messages per micro-batch"
+    )
+    promo_reject_warn_ratio: float = Field(
+        0.1, ge=0, le=1, description="share of rejected input above which a check warns"
     )
 
     @field_validator("kafka_bootstrap_servers")

@@ -8,6 +8,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from promo_pipeline.resources import KafkaResource
 
 PARTITIONS = {"input": 3, "output": 3, "dlq": 1}
+# A rejected message keeps its original bytes (up to the input topic's limit) and gains reason
+# headers, so the DLQ must take larger messages than the input does (the DLQ producer's limit).
+DLQ_CONFIG = {"max.message.bytes": str(4 * 1024 * 1024)}
 
 
 def ensure_topics(kafka: KafkaResource, timeout: float = 30.0) -> list[str]:
@@ -19,7 +22,11 @@ def ensure_topics(kafka: KafkaResource, timeout: float = 30.0) -> list[str]:
         kafka.dlq_topic: PARTITIONS["dlq"],
     }
     existing = admin.list_topics(timeout=timeout).topics
-    missing = [NewTopic(name, count, 1) for name, count in wanted.items() if name not in existing]
+    missing = [
+        NewTopic(name, count, 1, config=DLQ_CONFIG if name == kafka.dlq_topic else {})
+        for name, count in wanted.items()
+        if name not in existing
+    ]
     if not missing:
         return []
     created = []

@@ -113,5 +113,7 @@ def find_work(
         next_due = conn.execute(NEXT_DUE, {"now": now}).fetchone()[0]
     if next_due is not None:
         when = datetime.fromtimestamp(next_due, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        work.idle.append(f"next held campaign due at {when}")
+        minutes = max(0, next_due - now) // 60
+        span = f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes} min"
+        work.idle.append(f"next held campaign due at {when} (in {span})")
     return work

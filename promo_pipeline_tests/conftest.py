@@ -157,6 +157,23 @@ def pipeline(
     stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Pipeline]:
     """A fresh database, fresh topics and a fresh checkpoint, wired in through the env."""
+    yield fresh_pipeline(stack_env, tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_pipeline(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
+    """Like `pipeline`, shared by one module: for tests that run the job once and then check
+    many outcomes of that one run."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield fresh_pipeline(stack_env, tmp_path_factory.mktemp("module"), monkeypatch)
+
+
+def fresh_pipeline(
+    stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Pipeline:
+    """A new database, topics and state dir on the stack, set in the env via `monkeypatch`."""
     suffix = uuid.uuid4().hex[:10]
     env = {
         **stack_env,
@@ -177,4 +194,4 @@ def pipeline(
         admin.execute(f'CREATE DATABASE "{settings.postgres_db}"')
     init_db(settings)
     ensure_topics(kafka_resource(settings))
-    yield Pipeline(settings=settings, env=env)
+    return Pipeline(settings=settings, env=env)

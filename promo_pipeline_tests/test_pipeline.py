@@ -57,7 +57,7 @@ def test_second_run_without_new_data_adds_nothing(pipeline: Pipeline) -> None:
 def test_only_active_campaigns_fire_and_held_ones_fire_once_due(pipeline: Pipeline) -> None:
     now = int(time.time())
     expired = campaign(adv_campaign_datetime_start=now - 7200, adv_campaign_datetime_end=now - 60)
-    held = campaign(adv_campaign_datetime_start=now + 4, adv_campaign_datetime_end=now + 3600)
+    held = campaign(adv_campaign_datetime_start=now + 12, adv_campaign_datetime_end=now + 3600)
     client = new_uuid()
     pipeline.subscribe((client, expired["restaurant_id"]), (client, held["restaurant_id"]))
     pipeline.publish(expired, held)

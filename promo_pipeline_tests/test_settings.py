@@ -70,3 +70,13 @@ def test_cli_and_code_location_fail_at_start_naming_the_variable(
         [sys.executable, "-c", "import promo_pipeline.definitions"], capture_output=True, text=True
     )
     assert location.returncode != 0 and "POSTGRES_PORT" in location.stderr
+
+
+def test_readme_lists_every_setting() -> None:
+    from pathlib import Path
+
+    from promo_pipeline.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}" not in readme]
+    assert missing == []

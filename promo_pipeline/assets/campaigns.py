@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -14,6 +15,7 @@ from dagster_pyspark import LazyPySparkResource
 from psycopg.types.json import Jsonb
 from pyspark.sql import DataFrame
 
+from promo_pipeline.faultpoints import fault_point, fault_rows
 from promo_pipeline.resources import (
     KafkaResource,
     PipelineLockResource,
@@ -21,6 +23,7 @@ from promo_pipeline.resources import (
     StateResource,
 )
 from promo_pipeline.schema import CAMPAIGN_COLUMNS, Campaign, Rejection, parse_campaign
+from promo_pipeline.work import committed_offsets
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,18 @@ class DeadLetters:
 
     def __init__(self, kafka_config: dict[str, Any], topic: str) -> None:
         self.topic = topic
+        # A rejected message may be as large as the broker accepted on input (~1 MiB) plus
+        # our headers: lift the client's own 1,000,000-byte cap and compress, so the broker's
+        # per-batch limit, not the client, decides, and a big message cannot block every run.
         self.producer = Producer(
-            {**kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 20}
+            {
+                **kafka_config,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 20,
+                "message.max.bytes": 4 * 1024 * 1024,
+                "compression.type": "zstd",
+            }
         )
         self.errors: list[str] = []
 
@@ -132,6 +145,7 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
 
     Both steps are idempotent, so a batch replayed after a crash changes nothing twice.
     """
+    batch = fault_rows(batch, "campaign_batch")  # test-only; no-op unless PROMO_FAULT_AT is set
     table = batch.select("key", "value", "topic", "partition", "offset").toArrow()
     columns = [table.column(name).to_pylist() for name in table.column_names]
     valid: list[tuple[Campaign, int, int]] = []
@@ -171,6 +185,60 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
         changed,
         dict(rejected) or 0,
     )
+    fault_point("campaign_batch.committed")  # test-only; no-op unless PROMO_FAULT_AT is set
+
+
+def offsets_read(
+    progress: list[dict[str, Any]],
+    before: dict[tuple[str, int], int],
+    after: dict[tuple[str, int], int],
+) -> dict[int, tuple[int, int]]:
+    """Per partition, the first offset this run read and the exclusive end: the checkpoint's
+    position before and after the run; on the very first run the start comes from the
+    query's first progress report (earliest available), else 0."""
+    first: dict[tuple[str, int], int] = {}
+    for report in progress:
+        for source in report.get("sources", []):
+            start = source.get("startOffset")
+            if isinstance(start, str):
+                start = json.loads(start)
+            for topic, partitions in (start or {}).items():
+                for partition, offset in partitions.items():
+                    first.setdefault((topic, int(partition)), int(offset))
+    return {
+        partition: (before.get((topic, partition), first.get((topic, partition), 0)), end)
+        for (topic, partition), end in sorted(after.items())
+    }
+
+
+# Of the campaigns whose stored version came from the offsets this run read: which are held
+# (start in the future), expired (end passed) or active at `now`.
+CAMPAIGN_WINDOWS = """
+SELECT count(*) FILTER (WHERE c.adv_campaign_datetime_start > %(now)s),
+       count(*) FILTER (WHERE c.adv_campaign_datetime_end <= %(now)s),
+       count(*) FILTER (WHERE c.adv_campaign_datetime_start <= %(now)s
+                          AND c.adv_campaign_datetime_end > %(now)s)
+FROM promo.campaigns c
+JOIN unnest(%(partitions)s::int[], %(starts)s::int8[], %(ends)s::int8[]) AS r(p, s, e)
+  ON c.kafka_partition = r.p AND c.kafka_offset >= r.s AND c.kafka_offset < r.e
+"""
+
+
+def campaign_windows(
+    conninfo: str, ranges: dict[int, tuple[int, int]], now: int
+) -> tuple[int, int, int]:
+    """(held, expired, active) among the campaigns read in `ranges`."""
+    with psycopg.connect(conninfo) as conn:
+        held, expired, active = conn.execute(
+            CAMPAIGN_WINDOWS,
+            {
+                "now": now,
+                "partitions": list(ranges),
+                "starts": [start for start, _ in ranges.values()],
+                "ends": [end for _, end in ranges.values()],
+            },
+        ).fetchone()
+    return held, expired, active
 
 
 @asset(
@@ -187,12 +255,16 @@ def campaign_batch(
     postgres: PostgresResource,
     state: StateResource,
 ) -> MaterializeResult:
+    # The run's first Kafka contact: unreachable brokers or rejected credentials stop it here,
+    # with the reason, before Spark starts or anything is written.
+    kafka.check_access()
     target = IngestTarget(
         conninfo=postgres.conninfo(),
         kafka_config=kafka.client_config(),
         dlq_topic=kafka.dlq_topic,
         run_id=context.run_id,
     )
+    before = committed_offsets(state.checkpoint_dir)
     query = (
         spark.spark_session.readStream.format("kafka")
         .options(**kafka.spark_options())
@@ -209,20 +281,17 @@ def campaign_batch(
     query.awaitTermination()
     if query.exception() is not None:
         raise query.exception()
-    end_offsets: dict[str, int] = {}
-    for progress in (json.loads(p.json) for p in query.recentProgress):
-        if progress.get("numInputRows"):
-            context.log.info(f"streaming progress: {json.dumps(progress)}")
-        for source in progress.get("sources", []):
-            end = source.get("endOffset") or {}
-            if isinstance(end, str):
-                end = json.loads(end)
-            for partitions in end.values():
-                end_offsets.update({str(p): int(o) for p, o in partitions.items()})
+    progress = [json.loads(p.json) for p in query.recentProgress]
+    for report in progress:
+        if report.get("numInputRows"):
+            context.log.info(f"streaming progress: {json.dumps(report)}")
+    ranges = offsets_read(progress, before, committed_offsets(state.checkpoint_dir))
     tally = CampaignTally.of_run(target.conninfo, context.run_id)
+    held, expired, active = campaign_windows(target.conninfo, ranges, int(time.time()))
     context.log.info(
         f"campaign batch: {tally.messages} messages in {tally.batches} micro-batches, "
-        f"{tally.valid} valid, {tally.rejected_total} rejected"
+        f"{tally.valid} valid, {tally.rejected_total} rejected; of the campaigns read "
+        f"{active} active, {held} held for later, {expired} expired"
     )
     return MaterializeResult(
         metadata={
@@ -232,6 +301,13 @@ def campaign_batch(
             "campaigns_changed": tally.campaigns_changed,
             "rejected": tally.rejected_total,
             **{f"rejected_{code}": count for code, count in sorted(tally.rejected.items())},
-            "end_offsets": MetadataValue.json(end_offsets),
+            "held_for_later": held,
+            "expired": expired,
+            "active": active,
+            **{f"start_offset_p{p}": start for p, (start, _) in sorted(ranges.items())},
+            **{f"end_offset_p{p}": end for p, (_, end) in sorted(ranges.items())},
+            "offsets": MetadataValue.json(
+                {str(p): {"start": start, "end": end} for p, (start, end) in sorted(ranges.items())}
+            ),
         }
     )

@@ -1,98 +1,172 @@
 """The two sinks. Postgres is the ledger and goes first; Kafka follows from an outbox.
 
-A trigger is committed to `subscribers_feedback` and to `promo.kafka_outbox` in one
-transaction; the outbox entry is removed only after Kafka acknowledged the message. A run that
-dies in between leaves the entry, and the next run sends it again, rebuilt from the stored
-row, so the resent message is byte-identical.
+The run's triggers come to the driver once as Arrow and are COPYed into
+`subscribers_feedback` in one transaction together with one `promo.kafka_outbox_runs` row
+(run id, trigger time, first and last id). The anti-join in `triggers` and the run lock mean
+the COPY meets no existing pair; if one ever did, the unique index fails the whole COPY and
+nothing is written. The outbox row is removed only after Kafka acknowledged every message; a
+run that dies in between leaves it, and the next run rebuilds the messages from the stored
+rows with the same encoder, so the resent messages are byte-identical.
 """
 
+import json
 import time
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from confluent_kafka import KafkaError, KafkaException, Producer
 from dagster import AssetExecutionContext, MaterializeResult, asset
-from dagster_pyspark import LazyPySparkResource
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
+from promo_pipeline.assets.triggers import TRIGGER_ARROW_SCHEMA
+from promo_pipeline.faultpoints import fault_point
 from promo_pipeline.resources import KafkaResource, PipelineLockResource, PostgresResource
 from promo_pipeline.schema import TRIGGER_COLUMNS
 
 COLUMNS = ", ".join(TRIGGER_COLUMNS)
+COPY_FEEDBACK = f"COPY public.subscribers_feedback ({COLUMNS}) FROM STDIN (FORMAT csv)"
+COPY_CHUNK_ROWS = 100_000
 
-# Bounded waits: an unreachable broker or missing topic fails the run in seconds rather than
-# hanging it; the outbox keeps the triggers for the next run.
-PRODUCER_OPTIONS = {
-    "kafka.acks": "all",
-    "kafka.enable.idempotence": "true",
-    "kafka.linger.ms": "20",
-    "kafka.max.block.ms": "15000",
-    "kafka.request.timeout.ms": "15000",
-    "kafka.delivery.timeout.ms": "45000",
+# Bounded waits: an unreachable broker fails the run in under a minute rather than hanging it;
+# the outbox keeps the triggers for the next run.
+PRODUCER_CONFIG = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 20,
+    "batch.size": 1 << 20,
+    "queue.buffering.max.messages": 1_000_000,
+    "request.timeout.ms": 15_000,
+    "message.timeout.ms": 45_000,
+    "delivery.report.only.error": True,
 }
 
-MOVE_STAGED = f"""
-WITH inserted AS (
-    INSERT INTO public.subscribers_feedback ({COLUMNS})
-    SELECT {COLUMNS} FROM promo.trigger_stage
-    ON CONFLICT (adv_campaign_id, client_id) DO NOTHING
-    RETURNING adv_campaign_id, client_id
-)
-INSERT INTO promo.kafka_outbox (adv_campaign_id, client_id, run_id)
-SELECT adv_campaign_id, client_id, %(run_id)s FROM inserted
-ON CONFLICT DO NOTHING
+PENDING_ROWS = f"""
+SELECT {", ".join("f." + name for name in TRIGGER_COLUMNS)}
+FROM promo.kafka_outbox_runs r JOIN public.subscribers_feedback f
+  ON f.id BETWEEN r.first_id AND r.last_id AND f.trigger_datetime_created = r.trigger_time
+WHERE r.run_id = ANY(%s) ORDER BY f.id
 """
 
 
-def outbox_rows_query(run_ids: list[str]) -> str:
-    quoted = ", ".join("'" + run_id.replace("'", "''") + "'" for run_id in run_ids)
-    return (
-        f"(SELECT {', '.join('f.' + name for name in TRIGGER_COLUMNS)} "
-        "FROM promo.kafka_outbox o JOIN public.subscribers_feedback f "
-        f"USING (adv_campaign_id, client_id) WHERE o.run_id IN ({quoted})) pending"
-    )
+def csv_chunks(table: pa.Table) -> "list[pa.Buffer]":
+    """The rows as Postgres CSV: every value quoted, so an empty string is not NULL."""
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+    chunks = []
+    for batch in table.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(batch, sink, options)
+        chunks.append(sink.getvalue())
+    return chunks
 
 
-def kafka_records(rows: DataFrame) -> DataFrame:
-    """Key `client_id`, value the seed's 10 fields as a JSON object, in the seed's order."""
-    return rows.select(
-        F.col("client_id").alias("key"),
-        F.to_json(F.struct(*TRIGGER_COLUMNS)).alias("value"),
-    )
+def _json_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """JSON string literals, as `json.dumps(value, ensure_ascii=False)` writes them."""
+    if pc.any(pc.match_substring_regex(column, r"[\x00-\x1f]")).as_py():
+        return pa.chunked_array(
+            [pa.array([json.dumps(v, ensure_ascii=False) for v in column.to_pylist()])]
+        )
+    escaped = pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
+    return pc.binary_join_element_wise('"', escaped, '"', "")
+
+
+def kafka_values(table: pa.Table) -> pa.ChunkedArray:
+    """The seed's 10 fields as one compact JSON object per row, in the seed's order.
+
+    Vectorised: fresh sends and resends of stored rows go through this one encoder, which is
+    what makes a resent message byte-identical to the first.
+    """
+    parts: list[object] = []
+    for i, name in enumerate(TRIGGER_COLUMNS):
+        parts.append(("{" if i == 0 else ",") + json.dumps(name) + ":")
+        column = table.column(name)
+        if pa.types.is_integer(column.type):
+            parts.append(pc.cast(column, pa.string()))
+        else:
+            parts.append(_json_strings(column))
+    parts.append("}")
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def produce(kafka: KafkaResource, table: pa.Table) -> None:
+    """Send every row keyed by client_id; returns once Kafka acknowledged all, else raises."""
+    producer_errors: list[str] = []
+
+    def failed(error: object, _message: object) -> None:
+        if error is not None:
+            producer_errors.append(str(error))
+
+    producer = Producer(kafka.client_config(**PRODUCER_CONFIG, on_delivery=failed))
+    topic = kafka.output_topic
+    metadata = producer.list_topics(topic, timeout=15).topics[topic]
+    if metadata.error is not None and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+        raise KafkaException(f"output topic {topic} does not exist")
+    # As bytes: produce() then hands them to librdkafka without encoding each one.
+    keys = table.column("client_id").cast(pa.binary()).to_pylist()
+    values = kafka_values(table).cast(pa.binary()).to_pylist()
+    # Test-only fault points (no-ops unless PROMO_FAULT_AT is set): the Kafka write now runs on
+    # the driver, so push_sink.start/.mid pause or fail here rather than inside Spark tasks.
+    fault_point("push_sink.start")
+    # The first third is acknowledged before the rest is sent, so a fault between them
+    # leaves a partly written topic, as a crash mid-write would.
+    first = max(1, len(keys) // 3)
+    for start, end in ((0, first), (first, len(keys))):
+        for key, value in zip(keys[start:end], values[start:end], strict=True):
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        left = producer.flush(60)
+        if left or producer_errors:
+            raise KafkaException(
+                f"Kafka did not acknowledge {left} messages: {'; '.join(producer_errors[:3])}"
+            )
+        if start == 0:
+            fault_point("push_sink.mid")
 
 
 @asset(
     group_name="promo",
     kinds={"postgres"},
     description="This run's triggers appended to public.subscribers_feedback (feedback NULL), "
-    "at most one row per (adv_campaign_id, client_id), with their Kafka outbox entries.",
+    "at most one row per (adv_campaign_id, client_id), with the run's Kafka outbox entry.",
 )
 def feedback_sink(
     context: AssetExecutionContext,
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
-    triggers: DataFrame,
+    triggers: pa.Table,
 ) -> MaterializeResult:
     started = time.monotonic()
-    with postgres.connect() as conn:
-        conn.execute("TRUNCATE promo.trigger_stage")
-        conn.commit()
-    triggers.write.jdbc(
-        postgres.jdbc_url,
-        "promo.trigger_stage",
-        mode="append",
-        properties=postgres.jdbc_properties(batchsize="10000", reWriteBatchedInserts="true"),
-    )
-    with postgres.connect() as conn, conn.transaction():
-        staged = conn.execute("SELECT count(*) FROM promo.trigger_stage").fetchone()[0]
-        inserted = conn.execute(MOVE_STAGED, {"run_id": context.run_id}).rowcount
-        conn.execute("TRUNCATE promo.trigger_stage")
-    expected = triggers.count()
-    if inserted != expected:
-        # Only possible if something else wrote the same pairs; the outbox still holds what
-        # was inserted, so the next run sends exactly the stored rows.
-        raise RuntimeError(
-            f"feedback sink inserted {inserted} of {expected} triggers ({staged} staged): "
-            "another writer touched subscribers_feedback; stopping before Kafka"
-        )
+    table = triggers
+    inserted = table.num_rows
+    if inserted:
+        [trigger_time] = pc.unique(table.column("trigger_datetime_created")).to_pylist()
+        with postgres.connect() as conn, conn.transaction():
+            before = conn.execute(
+                "SELECT coalesce(max(id), 0) FROM public.subscribers_feedback"
+            ).fetchone()[0]
+            with conn.cursor().copy(COPY_FEEDBACK) as copy:
+                for chunk in csv_chunks(table):
+                    copy.write(chunk)
+            first, last, count = conn.execute(
+                "SELECT min(id), max(id), count(*) FROM public.subscribers_feedback "
+                "WHERE id > %s AND trigger_datetime_created = %s",
+                (before, trigger_time),
+            ).fetchone()
+            if count != inserted:
+                # Rolls the COPY back: the id range would not name exactly this run's rows.
+                raise RuntimeError(
+                    f"feedback sink: {count} rows at T={trigger_time} after id {before}, "
+                    f"expected {inserted}; another writer touched subscribers_feedback"
+                )
+            conn.execute(
+                "INSERT INTO promo.kafka_outbox_runs "
+                "(run_id, trigger_time, first_id, last_id, triggers) VALUES (%s, %s, %s, %s, %s)",
+                (context.run_id, trigger_time, first, last, inserted),
+            )
+    fault_point("feedback_sink.committed")  # test-only; no-op unless PROMO_FAULT_AT is set
     seconds = round(time.monotonic() - started, 3)
     context.log.info(f"feedback sink: {inserted} rows in {seconds} s")
     return MaterializeResult(
@@ -110,49 +184,49 @@ def feedback_sink(
 def push_sink(
     context: AssetExecutionContext,
     pipeline_lock: PipelineLockResource,
-    spark: LazyPySparkResource,
     postgres: PostgresResource,
     kafka: KafkaResource,
-    triggers: DataFrame,
+    triggers: pa.Table,
 ) -> MaterializeResult:
     started = time.monotonic()
     with postgres.connect() as conn:
-        earlier = [
-            row[0]
-            for row in conn.execute(
-                "SELECT DISTINCT run_id FROM promo.kafka_outbox WHERE run_id <> %s",
-                (context.run_id,),
+        pending = [row[0] for row in conn.execute("SELECT run_id FROM promo.kafka_outbox_runs")]
+        earlier = [run_id for run_id in pending if run_id != context.run_id]
+        tables = []
+        if earlier:
+            context.log.warning(f"resending triggers left unsent by runs {earlier}")
+            rows = conn.execute(PENDING_ROWS, (earlier,)).fetchall()
+            tables.append(
+                pa.Table.from_pylist(
+                    [dict(zip(TRIGGER_COLUMNS, row, strict=True)) for row in rows],
+                    TRIGGER_ARROW_SCHEMA,
+                )
             )
-        ]
-    outgoing = triggers
-    if earlier:
-        context.log.warning(f"resending triggers left unsent by runs {earlier}")
-        leftover = spark.spark_session.read.jdbc(
-            postgres.jdbc_url,
-            outbox_rows_query(earlier),
-            properties=postgres.jdbc_properties(fetchsize="10000"),
-        )
-        outgoing = outgoing.unionByName(leftover)
-    (
-        kafka_records(outgoing)
-        .write.format("kafka")
-        .options(**kafka.spark_options())
-        .options(**PRODUCER_OPTIONS)
-        .option("topic", kafka.output_topic)
-        .save()
-    )
-    # save() returns only after every record was acknowledged.
+    if context.run_id in pending:
+        # The rows this run just committed: the values Postgres stores (text, int8) come back
+        # unchanged, so they need not be read back.
+        tables.append(triggers)
+    if tables:
+        produce(kafka, pa.concat_tables(tables))
     with postgres.connect() as conn, conn.transaction():
-        sent = conn.execute(
-            "DELETE FROM promo.kafka_outbox WHERE run_id = ANY(%s)", ([context.run_id, *earlier],)
-        ).rowcount
+        acked = dict(
+            conn.execute(
+                "DELETE FROM promo.kafka_outbox_runs WHERE run_id = ANY(%s) "
+                "RETURNING run_id, triggers",
+                (pending,),
+            ).fetchall()
+        )
+    sent = sum(acked.values())
+    sent_this_run = acked.get(context.run_id, 0)
     seconds = round(time.monotonic() - started, 3)
     context.log.info(f"push sink: {sent} messages in {seconds} s")
     return MaterializeResult(
         metadata={
             "dagster/row_count": sent,
             "messages_written": sent,
-            "resent_from_earlier_runs": len(earlier),
+            "sent_this_run": sent_this_run,
+            "resent_from_earlier_runs": sent - sent_this_run,
+            "earlier_runs_resent": len(earlier),
             "seconds": seconds,
         }
     )

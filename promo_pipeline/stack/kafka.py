@@ -102,7 +102,9 @@ class KafkaBroker:
         """Format the log dir with a fresh cluster id; skipped once meta.properties exists."""
         if (self.data_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while not cluster_id[0].isalnum():  # a leading '-' would be read as a flag
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         cmd = [
             self._java(),
             f"-Dlog4j2.configurationFile={self.log4j_config}",
@@ -159,7 +161,9 @@ class KafkaBroker:
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
-            if not self.is_running():
+            proc = _children.get(self.pid() or -1)
+            exited = proc.poll() is not None if proc is not None else not self.is_running()
+            if exited:
                 raise RuntimeError(
                     f"kafka exited during startup; last log lines:\n{tail(self.server_log)}\n"
                     f"{tail(self.stdout_log, 10)}"

@@ -1,0 +1,35 @@
+# The user-code image: Python 3.11, Java 17, the promo_pipeline package and Spark's Kafka and
+# JDBC connector jars. The jars are resolved at build time by the project's own Maven resolver
+# (promo_pipeline.stack.maven), so a container never downloads anything when a run starts.
+# The webserver and the daemon run from the same image.
+
+FROM python:3.11-slim-bookworm AS base
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/promo
+COPY pyproject.toml README.md ./
+COPY promo_pipeline ./promo_pipeline
+RUN pip install --no-cache-dir .
+
+FROM base AS jars
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends maven \
+    && rm -rf /var/lib/apt/lists/*
+RUN PROMO_CACHE_DIR=/opt/jars python -c \
+    "from promo_pipeline.stack.maven import spark_jars; print(*spark_jars(), sep='\n')"
+
+FROM base
+COPY --from=jars /opt/jars/spark-4.2.0/ /opt/spark-jars/
+ENV PROMO_SPARK_JARS=/opt/spark-jars/spark-sql-kafka-0-10_2.13-4.2.0.jar,/opt/spark-jars/spark-token-provider-kafka-0-10_2.13-4.2.0.jar,/opt/spark-jars/kafka-clients-3.9.2.jar,/opt/spark-jars/commons-pool2-2.13.1.jar,/opt/spark-jars/postgresql-42.7.8.jar \
+    DAGSTER_HOME=/opt/dagster/home \
+    PROMO_STATE_DIR=/var/lib/promo/state \
+    PYTHONUNBUFFERED=1
+COPY dagster.yaml /opt/dagster/home/dagster.yaml
+COPY docker/workspace.yaml /opt/dagster/workspace.yaml
+# Fails the build if PROMO_SPARK_JARS names a jar the resolver did not produce.
+RUN python -c "from promo_pipeline.settings import load_settings; load_settings()"
+RUN mkdir -p /var/lib/promo/state
+WORKDIR /opt/dagster
+EXPOSE 4000 3000
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "promo_pipeline.definitions"]

@@ -1,0 +1,148 @@
+"""Asset checks that run with `promo_job`: the guarantees, verified after every run.
+
+`AssetSelection.assets(...)` in jobs.py selects the checks that target the selected assets,
+so registering them in `Definitions` is enough for every run to execute them. They read what
+the run recorded (its materializations, its rows in Postgres), so they also work when run on
+their own from the UI: then they judge the latest run.
+"""
+
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    MetadataValue,
+    asset_check,
+)
+
+from promo_pipeline.assets.campaigns import CampaignTally, campaign_batch
+from promo_pipeline.assets.sinks import feedback_sink, push_sink
+from promo_pipeline.resources import PostgresResource
+from promo_pipeline.settings import load_settings
+
+DUPLICATES = """
+SELECT adv_campaign_id, client_id, count(*) FROM public.subscribers_feedback
+GROUP BY adv_campaign_id, client_id HAVING count(*) > 1
+ORDER BY count(*) DESC LIMIT 10
+"""
+
+
+def latest_materialization(
+    context: AssetCheckExecutionContext, key: str
+) -> tuple[str, dict[str, Any]] | None:
+    """(run_id, numeric-or-raw metadata) of the asset's latest materialization."""
+    entry = context.instance.get_latest_materialization_event(AssetKey(key))
+    if entry is None or entry.asset_materialization is None:
+        return None
+    metadata = {name: value.value for name, value in entry.asset_materialization.metadata.items()}
+    return entry.run_id, metadata
+
+
+@asset_check(
+    asset=feedback_sink,
+    description="No (adv_campaign_id, client_id) pair appears twice in "
+    "public.subscribers_feedback: exactly one trigger per campaign and client, ever.",
+)
+def one_trigger_per_campaign_and_client(postgres: PostgresResource) -> AssetCheckResult:
+    with postgres.connect() as conn:
+        duplicates = conn.execute(DUPLICATES).fetchall()
+        total = conn.execute("SELECT count(*) FROM public.subscribers_feedback").fetchone()[0]
+    return AssetCheckResult(
+        passed=not duplicates,
+        description="no duplicate pairs"
+        if not duplicates
+        else f"{len(duplicates)}+ (campaign, client) pairs have more than one trigger",
+        metadata={
+            "feedback_rows": total,
+            "duplicate_pairs": len(duplicates),
+            "examples": MetadataValue.json(
+                [{"campaign": c, "client": k, "rows": n} for c, k, n in duplicates]
+            ),
+        },
+    )
+
+
+@asset_check(
+    asset=push_sink,
+    description="Every trigger of the run is in both sinks: Postgres holds one row per trigger "
+    "(stamped with the run's time) and nothing of the run waits in the Kafka outbox; Kafka "
+    "acknowledged exactly as many messages of the run as there were triggers.",
+)
+def triggers_in_both_sinks(
+    context: AssetCheckExecutionContext, postgres: PostgresResource
+) -> AssetCheckResult:
+    produced = latest_materialization(context, "triggers")
+    pushed = latest_materialization(context, "push_sink")
+    if produced is None or pushed is None or produced[0] != pushed[0]:
+        return AssetCheckResult(
+            passed=False, description="no run materialized both triggers and push_sink"
+        )
+    run_id, trigger_meta = produced
+    expected = int(trigger_meta["dagster/row_count"])
+    run_time = int(trigger_meta["run_time"])
+    acknowledged = int(pushed[1]["sent_this_run"])
+    with postgres.connect() as conn:
+        in_postgres = conn.execute(
+            "SELECT count(*) FROM public.subscribers_feedback WHERE trigger_datetime_created = %s",
+            (run_time,),
+        ).fetchone()[0]
+        unsent = conn.execute(
+            "SELECT count(*) FROM promo.kafka_outbox WHERE run_id = %s", (run_id,)
+        ).fetchone()[0]
+    problems = []
+    if in_postgres != expected:
+        problems.append(f"{in_postgres} of {expected} triggers in subscribers_feedback")
+    if unsent:
+        problems.append(f"{unsent} triggers still in the Kafka outbox")
+    if acknowledged != expected:
+        problems.append(f"Kafka acknowledged {acknowledged} of {expected} triggers")
+    return AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or f"all {expected} triggers in Postgres and Kafka",
+        metadata={
+            "triggers": expected,
+            "postgres_rows": in_postgres,
+            "kafka_acknowledged": acknowledged,
+            "outbox_pending": unsent,
+            "run_id": run_id,
+        },
+    )
+
+
+@asset_check(
+    asset=campaign_batch,
+    description="The share of rejected campaign messages (sent to the DLQ) stays below "
+    "PROMO_REJECT_WARN_RATIO (default 0.1). A warning, not a failure: bad input is the "
+    "publishers' problem and never stops the pipeline.",
+)
+def rejected_share_below_threshold(
+    context: AssetCheckExecutionContext, postgres: PostgresResource
+) -> AssetCheckResult:
+    threshold = load_settings().promo_reject_warn_ratio
+    latest = latest_materialization(context, "campaign_batch")
+    run_id = latest[0] if latest else context.run_id
+    tally = CampaignTally.of_run(postgres.conninfo(), run_id)
+    share = tally.rejected_total / tally.messages if tally.messages else 0.0
+    passed = share <= threshold
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        description=f"{tally.rejected_total} of {tally.messages} messages rejected "
+        f"({share:.1%}; warn above {threshold:.1%})",
+        metadata={
+            "messages": tally.messages,
+            "rejected": tally.rejected_total,
+            "rejected_share": round(share, 4),
+            "threshold": threshold,
+            **{f"rejected_{code}": n for code, n in sorted(tally.rejected.items())},
+        },
+    )
+
+
+ALL_CHECKS = [
+    one_trigger_per_campaign_and_client,
+    triggers_in_both_sinks,
+    rejected_share_below_threshold,
+]

@@ -1,0 +1,67 @@
+"""Test-only fault points: no-ops unless `PROMO_FAULT_AT` names one of them.
+
+The fault-matrix tests (`promo_pipeline_tests/test_faults.py`) run `promo run` in a child
+process with `PROMO_FAULT_AT=<point>` and `PROMO_FAULT_DIR=<dir>`. On reaching the point the
+run writes `<dir>/<point>.reached` and blocks until `<dir>/<point>.release` exists, so the test
+can kill the run or stop a service at exactly that moment. A release file containing `fail`
+makes the point raise instead, which inside a Spark task is a real executor task failure.
+
+Driver points (`fault_point`): `campaign_batch.committed` (a micro-batch's Postgres work is
+committed, Spark's checkpoint commit is not yet written), `feedback_sink.committed`,
+`push_sink.start` (before the first message is produced) and `push_sink.mid` (a first part of
+the messages acknowledged by Kafka, the rest not yet sent).
+Task points (`fault_rows`): `<where>.start`, reached inside every Spark task of the job that
+reads the DataFrame: `campaign_batch.start` (reading a micro-batch's rows).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame
+
+RELEASE_TIMEOUT_S = 900.0
+
+
+def _armed(point: str) -> Path | None:
+    if os.environ.get("PROMO_FAULT_AT") != point:
+        return None
+    return Path(os.environ["PROMO_FAULT_DIR"])
+
+
+def _wait(point: str, folder: Path) -> None:
+    (folder / f"{point}.reached").write_text(f"{os.getpid()}\n")
+    release = folder / f"{point}.release"
+    deadline = time.monotonic() + RELEASE_TIMEOUT_S
+    while not release.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fault point {point}: never released")
+        time.sleep(0.05)
+    if release.read_text().strip() == "fail":
+        raise RuntimeError(f"injected fault at {point}")
+
+
+def fault_point(point: str) -> None:
+    """A pause (or failure) on the driver at `point`, if armed."""
+    folder = _armed(point)
+    if folder is not None:
+        _wait(point, folder)
+
+
+def fault_rows(rows: DataFrame, where: str) -> DataFrame:
+    """`rows` unchanged, unless `<where>.start` is armed: then every Spark task reading them
+    pauses (or fails) before passing its rows on."""
+    point = f"{where}.start"
+    folder = _armed(point)
+    if folder is None:
+        return rows
+
+    def hook(batches: Iterator[Any]) -> Iterator[Any]:
+        _wait(point, folder)
+        yield from batches
+
+    return rows.mapInArrow(hook, rows.schema)

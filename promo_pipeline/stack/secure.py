@@ -1,0 +1,180 @@
+"""A KRaft broker secured like the seed's managed Kafka: SASL_SSL, SCRAM-SHA-512, private CA.
+
+Its only client listener is SASL_SSL; the certificates come from a throwaway CA made with
+openssl, and the SCRAM users are written into the metadata log when the storage is formatted,
+so there is no window in which the broker runs without them.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from promo_pipeline.stack._proc import tail
+from promo_pipeline.stack.kafka import KafkaBroker, _children
+
+log = logging.getLogger("promo_pipeline.stack")
+
+MECHANISM = "SCRAM-SHA-512"
+ADMIN_USER = "broker-admin"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl not found on PATH; install it with: apt-get install -y openssl")
+    proc = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed:\n{proc.stderr}")
+
+
+def make_certificates(dir: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Path:
+    """A private CA (`ca.pem`) and a broker key + certificate signed by it (`broker.pem`).
+
+    The broker certificate names every host a client may dial, so clients keep hostname
+    verification on. Returns the CA file, the one thing clients need.
+    """
+    dir.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=promo test CA", "-keyout", "ca.key", "-out", "ca.pem",
+        cwd=dir,
+    )  # fmt: skip
+    alt = ",".join(f"IP:{h}" if h[0].isdigit() else f"DNS:{h}" for h in hosts)
+    (dir / "broker.ext").write_text(f"subjectAltName={alt}\n")
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={hosts[0]}",
+        "-keyout", "broker.key", "-out", "broker.csr",
+        cwd=dir,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "broker.ext", "-out", "broker.crt",
+        cwd=dir,
+    )  # fmt: skip
+    # Kafka's PEM key store: the unencrypted PKCS#8 key followed by the certificate chain.
+    (dir / "broker.pem").write_text(
+        (dir / "broker.key").read_text() + (dir / "broker.crt").read_text()
+    )
+    for secret in ("ca.key", "broker.key", "broker.pem"):
+        (dir / secret).chmod(0o600)
+    return dir / "ca.pem"
+
+
+class SecureKafkaBroker(KafkaBroker):
+    """A single-node broker whose client listener is SASL_SSL with SCRAM-SHA-512 users."""
+
+    def __init__(
+        self,
+        dir: Path,
+        jars_dir: Path,
+        port: int,
+        controller_port: int,
+        users: dict[str, str],
+    ) -> None:
+        super().__init__(dir, jars_dir, port, controller_port)
+        self.users = dict(users)
+        self.admin_password = secrets.token_urlsafe(24)
+        self.tls_dir = self.dir / "tls"
+        self.ca_file = self.tls_dir / "ca.pem"
+
+    def client_config(self, user: str, password: str) -> dict[str, Any]:
+        """confluent-kafka settings for `user`, the same ones the pipeline derives from its env."""
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": MECHANISM,
+            "sasl.username": user,
+            "sasl.password": password,
+            "ssl.ca.location": str(self.ca_file),
+        }
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        if not self.ca_file.exists():
+            make_certificates(self.tls_dir)
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{ADMIN_USER}" password="{self.admin_password}";'
+        )
+        props = {
+            "listeners": f"SASL_SSL://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{self.port}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": MECHANISM,
+            f"listener.name.sasl_ssl.{MECHANISM.lower()}.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.tls_dir / "broker.pem"),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.ca_file),
+            "ssl.client.auth": "none",
+        }
+        lines = [
+            line
+            for line in self.config.read_text().splitlines()
+            if line.split("=", 1)[0] not in props
+        ]
+        lines += [f"{key}={value}" for key, value in props.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.config.chmod(0o600)
+
+    def _format_once(self) -> None:
+        """Format with the SCRAM credentials of the broker's own user and every client user."""
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cmd = [
+            self._java(),
+            f"-Dlog4j2.configurationFile={self.log4j_config}",
+            "-cp",
+            self._classpath(),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.config),
+        ]
+        for user, password in {ADMIN_USER: self.admin_password, **self.users}.items():
+            cmd += ["--add-scram", f"{MECHANISM}=[name={user},password={password}]"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kafka storage format failed:\n{proc.stdout}{proc.stderr}")
+
+    def _wait_ready(self, timeout: float) -> None:
+        quiet = logging.getLogger("promo_pipeline.stack.librdkafka")
+        quiet.setLevel(logging.CRITICAL)
+        admin = AdminClient(self.client_config(ADMIN_USER, self.admin_password) | {"logger": quiet})
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        # Our own child's exit status decides "died", not a /proc read that can miss under load.
+        child = _children.get(self.pid() or 0)
+        while time.monotonic() < deadline:
+            if (child.poll() is not None) if child is not None else not self.is_running():
+                raise RuntimeError(
+                    f"kafka exited during startup; last log lines:\n{tail(self.server_log)}\n"
+                    f"{tail(self.stdout_log, 10)}"
+                )
+            try:
+                if admin.list_topics(timeout=2).brokers:
+                    log.info("secured kafka ready on %s", self.bootstrap)
+                    return
+            except Exception as exc:  # KafkaException while the broker is still booting
+                last_error = exc
+            time.sleep(0.2)
+        raise RuntimeError(
+            f"kafka on {self.bootstrap} not ready after {timeout:.0f}s ({last_error}); "
+            f"last log lines:\n{tail(self.server_log)}"
+        )

@@ -1,0 +1,167 @@
+"""`promo send | tail | subscribe | status` against the real stack, and their one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from promo_pipeline.cli import main
+from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
+
+pytestmark = [pytest.mark.stack]
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The error a user sees: exactly one line on stderr, no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_help_explains_each_command_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("send", "tail", "subscribe", "status", "run", "stack"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        assert f"\n  promo {command}" in capsys.readouterr().out.split("examples:")[1]
+
+
+def test_send_publishes_lines_from_a_file_or_stdin_with_an_optional_key(
+    pipeline: Pipeline,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    good = campaign()
+    source = tmp_path / "campaigns.jsonl"
+    source.write_text(json.dumps(good) + "\n\n{broken\n", encoding="utf-8")
+    assert main(["send", "--key", "r-42", str(source)]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"sent 2 campaign messages to {pipeline.settings.promo_input_topic}"
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(campaign()) + "\n"))
+    assert main(["send"]) == 0
+    assert "sent 1 campaign messages" in capsys.readouterr().out
+
+    sent = pipeline.read_topic(pipeline.settings.promo_input_topic)
+    assert sorted(m.value() for m in sent if m.key() == b"r-42") == sorted(
+        [json.dumps(good).encode(), b"{broken"]
+    )
+    assert [m.key() for m in sent].count(None) == 1
+
+    assert main(["send", str(tmp_path / "missing.jsonl")]) == 2
+    assert one_line_error(capsys) == (
+        f"promo: cannot read {tmp_path / 'missing.jsonl'}: No such file or directory"
+    )
+
+
+@pytest.mark.spark
+def test_tail_status_after_a_run_and_errors(
+    pipeline: Pipeline,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = int(time.time())
+    active = campaign()
+    held = campaign(adv_campaign_datetime_start=now + 7200, adv_campaign_datetime_end=now + 9000)
+    clients = sorted([new_uuid(), new_uuid()])
+    pipeline.subscribe(*[(client, active["restaurant_id"]) for client in clients])
+    pipeline.publish(active, held, b"not json")
+
+    assert main(["status"]) == 0
+    before = capsys.readouterr().out
+    assert f"input {pipeline.settings.promo_input_topic}: 3 messages waiting" in before
+    assert "last input read: none yet" in before
+
+    pipeline.run_ok()
+    capsys.readouterr()
+
+    assert main(["tail", "--from-beginning", "-n", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split("  ")[1] for line in lines) == [f"key={c}" for c in clients]
+    assert all(
+        json.loads(line.split("  ", 2)[2])["adv_campaign_id"] == active["adv_campaign_id"]
+        for line in lines
+    )
+
+    assert main(["tail", "--dlq", "--from-beginning", "-e"]) == 0
+    [rejected] = capsys.readouterr().out.splitlines()
+    assert "reason=not_json: value is not JSON" in rejected and rejected.endswith("  not json")
+
+    assert main(["status"]) == 0
+    after = capsys.readouterr().out
+    assert f"input {pipeline.settings.promo_input_topic}: 0 messages waiting" in after
+    assert "campaigns: 1 active, 1 held for later, 0 expired" in after
+    assert f"held {held['adv_campaign_id']}" in after and "(in 1h 59m)" in after
+    assert "3 messages, 2 valid, 1 rejected (not_json 1)" in after
+    assert "last triggers: 2 for 1 campaign(s)" in after
+    assert "outbox: 0 triggers" in after
+
+    # Following, like kcat -C: a message produced after tail started is printed.
+    printed: list[int] = []
+    follower = threading.Thread(target=lambda: printed.append(main(["tail", "-n", "1"])))
+    follower.start()
+    producer = Producer({"bootstrap.servers": pipeline.settings.kafka_bootstrap_servers})
+    deadline = time.monotonic() + 30
+    while follower.is_alive() and time.monotonic() < deadline:
+        producer.produce(pipeline.settings.promo_output_topic, b"{}", b"late-client")
+        producer.flush(10)
+        follower.join(0.5)
+    assert printed == [0]
+    assert "key=late-client  {}" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["tail", "-n", "0"])
+    assert exit_.value.code == 2
+    assert one_line_error(capsys) == (
+        "promo tail: argument -n/--count: expected a positive number, got '0' "
+        "(see promo tail --help)"
+    )
+    monkeypatch.setenv("PROMO_OUTPUT_TOPIC", "no_such_topic")
+    assert main(["tail"]) == 2
+    assert "topic no_such_topic does not exist" in one_line_error(capsys)
+    monkeypatch.setenv("POSTGRES_PORT", "1")
+    assert main(["status"]) == 1
+    assert one_line_error(capsys).startswith("promo: Postgres does not answer")
+
+
+def test_subscribe_adds_once_and_names_the_campaigns_it_will_get(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, restaurant = new_uuid(), new_uuid()
+    assert main(["subscribe", client, restaurant]) == 0
+    out = capsys.readouterr().out
+    assert f"client {client} subscribed to restaurant {restaurant}" in out
+    assert "no active campaign of this restaurant" in out
+
+    active = campaign(restaurant_id=restaurant)
+    pipeline.sql(
+        "INSERT INTO promo.campaigns (adv_campaign_id, restaurant_id, adv_campaign_content, "
+        "adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, "
+        "adv_campaign_datetime_end, datetime_created, kafka_partition, kafka_offset) "
+        "VALUES (%(adv_campaign_id)s, %(restaurant_id)s, %(adv_campaign_content)s, "
+        "%(adv_campaign_owner)s, %(adv_campaign_owner_contact)s, "
+        "%(adv_campaign_datetime_start)s, %(adv_campaign_datetime_end)s, "
+        "%(datetime_created)s, 0, 0)",
+        active,
+    )
+    assert main(["subscribe", client.upper(), restaurant]) == 0
+    out = capsys.readouterr().out
+    assert "was already subscribed" in out
+    assert "1 active campaign(s) will trigger for this client on the next run" in out
+    assert active["adv_campaign_id"] in out
+    assert pipeline.sql(
+        "SELECT count(*) FROM public.subscribers_restaurants WHERE client_id = %s", (client,)
+    ) == [(1,)]
+
+    assert main(["subscribe", "bob", restaurant]) == 2
+    assert one_line_error(capsys) == (
+        "promo: CLIENT must be a UUID like 023e4567-e89b-12d3-a456-426614174000: 'bob'"
+    )
