@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from promo_pipeline.resources import kafka_resource
 from promo_pipeline.settings import Settings, load_settings
 from promo_pipeline.stack import LocalStack
 from promo_pipeline.topics import ensure_topics
+
+REPO = Path(__file__).resolve().parents[1]
 
 SEED_CAMPAIGN = {
     "restaurant_id": "123e4567-e89b-12d3-a456-426614174000",
@@ -195,3 +198,17 @@ def fresh_pipeline(
     init_db(settings)
     ensure_topics(kafka_resource(settings))
     return Pipeline(settings=settings, env=env)
+
+
+@pytest.fixture
+def dagster_home(pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Dagster instance on the repo's dagster.yaml, in a fresh database of the stack."""
+    database = f"{pipeline.settings.postgres_db}_dagster"
+    with psycopg.connect(conninfo(pipeline.settings), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_PG_DB", database)
+    return home

@@ -4,17 +4,14 @@ coordinator launches the job in its own process, and a trigger arrives in both s
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from promo_pipeline.db import conninfo
 from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark, pytest.mark.daemon]
@@ -23,17 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_daemon_sensor_launches_job_and_trigger_reaches_both_sinks(
-    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, dagster_home: Path, tmp_path: Path
 ) -> None:
-    dagster_db = f"{pipeline.settings.postgres_db}_dagster"
-    with psycopg.connect(conninfo(pipeline.settings), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dagster_db}"')
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_PG_DB", dagster_db)
-
     pipeline.subscribe((SEED_CLIENT, SEED_CAMPAIGN["restaurant_id"]))
     pipeline.publish(SEED_CAMPAIGN)
 

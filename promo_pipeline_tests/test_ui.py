@@ -17,11 +17,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psycopg
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
-from promo_pipeline.db import conninfo
 from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark, pytest.mark.daemon]
@@ -62,22 +60,13 @@ def wait_for_ui(url: str, server: subprocess.Popen[bytes], log: Path, timeout: f
 
 
 def test_ui_shows_graph_launches_job_and_run_succeeds(
-    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, dagster_home: Path, tmp_path: Path
 ) -> None:
     node = shutil.which("node")
     assert node and CHROMIUM.exists(), "node and Debian's chromium are needed: scripts/bootstrap"
     assert (UI_DIR / "node_modules" / "playwright-core").is_dir(), (
         "playwright-core is not installed: scripts/bootstrap (npm ci in promo_pipeline_tests/ui)"
     )
-    dagster_db = f"{pipeline.settings.postgres_db}_dagster"
-    with psycopg.connect(conninfo(pipeline.settings), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dagster_db}"')
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_PG_DB", dagster_db)
-
     pipeline.subscribe((SEED_CLIENT, SEED_CAMPAIGN["restaurant_id"]))
     pipeline.publish(SEED_CAMPAIGN)
 
