@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
@@ -154,13 +155,18 @@ class KafkaBroker:
         log.info("kafka starting on %s (pid %d, log %s)", self.bootstrap, proc.pid, self.server_log)
         self._wait_ready(timeout)
 
+    def _admin_config(self) -> dict[str, Any]:
+        """How the readiness probe connects; a secured broker adds its credentials."""
+        return {"bootstrap.servers": self.bootstrap}
+
     def _wait_ready(self, timeout: float) -> None:
         quiet = logging.getLogger("promo_pipeline.stack.librdkafka")
         quiet.setLevel(logging.CRITICAL)
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": quiet})
+        admin = AdminClient(self._admin_config() | {"logger": quiet})
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
+            # Our own child's exit status decides "died", not a /proc read that can miss under load.
             proc = _children.get(self.pid() or -1)
             exited = proc.poll() is not None if proc is not None else not self.is_running()
             if exited:

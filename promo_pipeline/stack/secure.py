@@ -12,15 +12,11 @@ import logging
 import secrets
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
-
-from promo_pipeline.stack._proc import tail
-from promo_pipeline.stack.kafka import KafkaBroker, _children
+from promo_pipeline.stack.kafka import KafkaBroker
 
 log = logging.getLogger("promo_pipeline.stack")
 
@@ -153,28 +149,5 @@ class SecureKafkaBroker(KafkaBroker):
         if proc.returncode != 0:
             raise RuntimeError(f"kafka storage format failed:\n{proc.stdout}{proc.stderr}")
 
-    def _wait_ready(self, timeout: float) -> None:
-        quiet = logging.getLogger("promo_pipeline.stack.librdkafka")
-        quiet.setLevel(logging.CRITICAL)
-        admin = AdminClient(self.client_config(ADMIN_USER, self.admin_password) | {"logger": quiet})
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        # Our own child's exit status decides "died", not a /proc read that can miss under load.
-        child = _children.get(self.pid() or 0)
-        while time.monotonic() < deadline:
-            if (child.poll() is not None) if child is not None else not self.is_running():
-                raise RuntimeError(
-                    f"kafka exited during startup; last log lines:\n{tail(self.server_log)}\n"
-                    f"{tail(self.stdout_log, 10)}"
-                )
-            try:
-                if admin.list_topics(timeout=2).brokers:
-                    log.info("secured kafka ready on %s", self.bootstrap)
-                    return
-            except Exception as exc:  # KafkaException while the broker is still booting
-                last_error = exc
-            time.sleep(0.2)
-        raise RuntimeError(
-            f"kafka on {self.bootstrap} not ready after {timeout:.0f}s ({last_error}); "
-            f"last log lines:\n{tail(self.server_log)}"
-        )
+    def _admin_config(self) -> dict[str, Any]:
+        return self.client_config(ADMIN_USER, self.admin_password)
