@@ -104,14 +104,14 @@ JOIN public.subscribers_feedback f
 
 
 def conninfo(settings: Settings, *, dbname: str | None = None) -> str:
-    return psycopg.conninfo.make_conninfo(
-        host=settings.postgres_host,
-        port=settings.postgres_port,
-        dbname=dbname or settings.postgres_db,
-        user=settings.postgres_user,
-        password=settings.postgres_password or None,
-        connect_timeout=10,
-        application_name="promo_pipeline",
+    """The same connection string the Dagster resource builds, optionally to another database."""
+    from promo_pipeline.resources import postgres_resource
+
+    postgres = postgres_resource(settings)
+    return (
+        postgres.conninfo()
+        if dbname is None
+        else postgres.model_copy(update={"db": dbname}).conninfo()
     )
 
 
