@@ -209,7 +209,7 @@ def main() -> int:
     args = parser.parse_args()
 
     folder = args.stack_dir or Path(tempfile.mkdtemp(prefix="promo-backlog-"))
-    stack = LocalStack(folder)
+    stack = LocalStack(folder, spark="local")  # as measured: one local session per run
     try:
         stack_env = stack.up()
         env = {

@@ -48,9 +48,9 @@ from promo_pipeline.settings import Settings, load_settings  # noqa: E402
 from promo_pipeline.topics import ensure_topics  # noqa: E402
 
 PYTHON = sys.executable
-CONTENDERS = ("promo", "promo-connect", "seed", "raw")
+CONTENDERS = ("promo", "promo-local", "seed", "raw")
 FAILURES: list[str] = []
-# Set when --connect starts a Spark Connect server for the "promo-connect" contender.
+# The warm Spark Connect server of the "promo" contender (as `promo stack up` runs one).
 CONNECT: dict[str, str] = {}
 # --profile: each promo run writes a cProfile file next to its log (implies --keep).
 PROFILE = False
@@ -323,7 +323,7 @@ def run_contender(contender: str, data: Data, base: dict[str, str], work: Path, 
     prepare(slot, data, seed_ddl_only=contender == "seed")
     log = work / f"{name}.log"
     try:
-        if contender in ("promo", "promo-connect"):
+        if contender in ("promo", "promo-local"):
             args = [PYTHON, str(Path(__file__).resolve()), "--child", "promo"]
         elif contender == "seed":
             checkpoint = slot.state_dir / "seed_checkpoint"
@@ -331,11 +331,11 @@ def run_contender(contender: str, data: Data, base: dict[str, str], work: Path, 
         else:
             args = [PYTHON, str(Path(__file__).resolve()), "--child", "raw"]
         env = slot.env
-        if contender == "promo-connect":
+        if contender == "promo":
             env["SPARK_MASTER"] = CONNECT["url"]
         if PROFILE and contender.startswith("promo"):
             env["PROMO_BENCH_PROFILE"] = str(work / f"{name}.prof")
-        server_pid = int(CONNECT["pid"]) if contender == "promo-connect" else None
+        server_pid = int(CONNECT["pid"]) if contender == "promo" else None
         wall, peak, report = run_child(args, env, log, server_pid)
         verified = verify(slot, data.size.triggers)
     finally:
@@ -371,7 +371,7 @@ PROMO_STEPS = {"campaign_batch", "subscriber_snapshot", "triggers", "feedback_si
 def normalise_stages(contender: str, report: dict) -> dict[str, float]:
     """Every contender's stages as read, join, postgres, kafka (+ checks for promo)."""
     s = report["stages"]
-    if contender in ("promo", "promo-connect"):
+    if contender in ("promo", "promo-local"):
         return {
             "read": s.get("campaign_batch", 0) + s.get("subscriber_snapshot", 0),
             "join": s.get("triggers", 0),
@@ -583,7 +583,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     contenders = [c for c in CONTENDERS if any(r["contender"] == c for r in rows)]
     colours = {
         "promo": "tab:blue",
-        "promo-connect": "tab:cyan",
+        "promo-local": "tab:cyan",
         "seed": "tab:orange",
         "raw": "tab:green",
     }
@@ -796,27 +796,15 @@ def data_campaign(restaurant: str) -> dict[str, Any]:
 
 
 def start_connect(base: dict[str, str], work: Path, meta: dict[str, Any]) -> Any:
-    """A warm Spark Connect server for the promo-connect contender and the freshness trials."""
-    import promo_pipeline.stack.spark as spark_stack
+    """A warm Spark Connect server for the promo contender and the freshness trials."""
     from promo_pipeline.settings import split_list
     from promo_pipeline.stack.spark import SparkConnectServer
 
-    class BigDriver(spark_stack._Daemon):
-        """The stack's server gets SPARK_DAEMON_MEMORY=512m, which spark-submit uses as the
-        heap of a Connect server (it outranks --driver-memory 1g); that runs out of heap
-        at ~1M triggers. Give it the 2g a local pipeline session gets (spark_config)."""
-
-        def __init__(self, name: str, cmd: list[str], log_file: Path, env: Any) -> None:
-            if "--driver-memory" in cmd:
-                cmd[cmd.index("--driver-memory") + 1] = "2g"
-            super().__init__(name, cmd, log_file, {**env, "SPARK_DAEMON_MEMORY": "2g"})
-
-    spark_stack._Daemon = BigDriver
     server = SparkConnectServer(work / "connect", split_list(base["PROMO_SPARK_JARS"]))
     started = time.monotonic()
     server.start()
     CONNECT["url"] = server.url
-    CONNECT["pid"] = str(server._daemon.proc.pid)  # for its peak RSS
+    CONNECT["pid"] = str(server.pid())  # for its peak RSS
     meta["connect_server_start_s"] = round(time.monotonic() - started, 1)
     return server
 
@@ -834,9 +822,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, help="repetitions per size and contender")
     parser.add_argument(
         "--contenders",
-        default="promo,promo-connect,seed,raw",
-        help="promo: a run in a fresh process with its own local Spark session (what the sensor "
-        "launches today); promo-connect: the same through a warm Spark Connect server",
+        default="promo,promo-local,seed,raw",
+        help="promo: a run in a fresh process (as the sensor launches it) on a warm Spark Connect "
+        "server, the local stack's default; promo-local: the same with its own local session",
     )
     parser.add_argument("--freshness", action="store_true", help="daemon + sensor trials")
     parser.add_argument("--trials", type=int, default=10)
@@ -867,7 +855,8 @@ def main() -> None:
 
     from promo_pipeline.stack import LocalStack
 
-    stack = LocalStack(Path(args.stack_dir))
+    # The benchmark starts (and times) its own Connect server for the promo contender.
+    stack = LocalStack(Path(args.stack_dir), spark="local")
     base = {k: v for k, v in stack.up().items() if not k.startswith("DAGSTER_")}
     work = Path(tempfile.mkdtemp(prefix="promo-bench-"))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -895,7 +884,7 @@ def main() -> None:
 
     server = None
     contenders = args.contenders.split(",")
-    if "promo-connect" in contenders:
+    if "promo" in contenders:
         server = start_connect(base, work, meta)
         print(f"Spark Connect server at {server.url} ({meta['connect_server_start_s']} s)")
     try:
@@ -938,10 +927,10 @@ def run_all(
     sizes = (args.sizes or ("small,medium,large" if args.full else "small,medium")).split(",")
     reps = args.reps or (3 if args.full else 1)
     results: list[Result] = []
-    if "promo-connect" in contenders:
+    if "promo" in contenders:
         # The server's first queries load classes and start its Python worker: not measured.
         print("warming up the Spark Connect server (not measured)", flush=True)
-        run_contender("promo-connect", generate(SIZES["small"]), base, work, -1)
+        run_contender("promo", generate(SIZES["small"]), base, work, -1)
     for size_name in sizes:
         data = generate(SIZES[size_name])
         print(f"{size_name}: {data.size.triggers} triggers expected", flush=True)

@@ -53,7 +53,7 @@ def _stack_dir(args: argparse.Namespace) -> Path:
 def cmd_stack(args: argparse.Namespace) -> int:
     from promo_pipeline.stack import LocalStack
 
-    stack = LocalStack(_stack_dir(args))
+    stack = LocalStack(_stack_dir(args), spark=args.spark)
     if args.action == "up":
         env = stack.up()
         os.environ.update(env)
@@ -66,7 +66,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         print(f"stack in {stack.dir} stopped (data kept)", file=sys.stderr)
     else:
         for service, running, where in stack.status():
-            print(f"{service:<9} {'running' if running else 'stopped':<8} {where}")
+            print(f"{service:<13} {'running' if running else 'stopped':<8} {where}")
     return 0
 
 
@@ -250,7 +250,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from promo_pipeline.db import conninfo
     from promo_pipeline.stack import LocalStack
 
-    stack = LocalStack(_stack_dir(args))
+    stack = LocalStack(_stack_dir(args), spark=args.spark)
     os.environ.update(stack.up())
     settings = load_settings(export=True)
     prepare(settings)
@@ -605,15 +605,17 @@ def parser() -> argparse.ArgumentParser:
     stack = _command(
         commands,
         "stack",
-        "the embedded local Kafka + Postgres",
-        "Start, stop or show the embedded Kafka and Postgres; `up` prints the settings as "
-        "exports and creates tables and topics.",
+        "the embedded local Kafka + Postgres + Spark Connect server",
+        "Start, stop or show the embedded Kafka, Postgres and Spark Connect server; `up` prints "
+        "the settings as exports and creates tables and topics.",
         "  promo stack up                # start (or reuse) .promo/\n"
+        "  promo stack up --spark local  # no Connect server: each run starts its own Spark\n"
         "  eval $(promo stack up)        # ... and export its settings into this shell\n"
         "  promo stack status\n  promo stack down              # stop, keep the data\n",
     )
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--dir", help=f"stack folder (default {DEFAULT_STACK_DIR}/)")
+    _spark_option(stack)
     stack.set_defaults(func=cmd_stack)
 
     db = _command(
@@ -701,8 +703,21 @@ def parser() -> argparse.ArgumentParser:
         "  promo demo\n",
     )
     demo.add_argument("--dir", help=f"stack folder (default {DEFAULT_STACK_DIR}/)")
+    _spark_option(demo)
     demo.set_defaults(func=cmd_demo)
     return top
+
+
+def _spark_option(parser: argparse.ArgumentParser) -> None:
+    from promo_pipeline.stack.local import SPARK_ENGINES
+
+    parser.add_argument(
+        "--spark",
+        choices=SPARK_ENGINES,
+        default="connect",
+        help="connect (default): runs use the stack's warm Spark Connect server; local: each "
+        "run starts its own Spark session (slower start, no server to keep)",
+    )
 
 
 def _positive(value: str) -> int:

@@ -54,8 +54,13 @@ def campaign(**fields: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The embedded stack, started once for the whole session."""
-    stack = LocalStack(tmp_path_factory.mktemp("stack"))
+    """The embedded stack, started once for the whole session.
+
+    Runs use an in-process Spark session ("local"), so what a test sets in its environment
+    (fault points included) reaches the foreachBatch code; the Connect server that
+    `promo stack up` starts by default is covered by test_stack and test_spark_cluster.
+    """
+    stack = LocalStack(tmp_path_factory.mktemp("stack"), spark="local")
     try:
         env = stack.up()
         yield {**env, "PROMO_STACK_DIR": str(stack.dir)}

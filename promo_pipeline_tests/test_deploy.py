@@ -106,7 +106,7 @@ def resolved(compose: list[str]) -> tuple[dict[str, Any], str]:
 def test_compose_parses_and_resolves(resolved: tuple[dict[str, Any], str]) -> None:
     config, password = resolved
     services = config["services"]
-    assert set(services) == {"kafka", "postgres", *PROMO_SERVICES}
+    assert set(services) == {"kafka", "postgres", "spark_connect", *PROMO_SERVICES}
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
@@ -122,6 +122,12 @@ def test_compose_parses_and_resolves(resolved: tuple[dict[str, Any], str]) -> No
     assert state_dir.is_relative_to(mount["target"])
     assert "promo_state" in config["volumes"]
     assert services["webserver"]["command"][-1] == services["daemon"]["command"][-1]
+    # Runs go to the Connect server, which writes the checkpoint on the same volume.
+    spark = services["spark_connect"]
+    port = re.search(r"spark.connect.grpc.binding.port=(\d+)", spark["command"][-1]).group(1)
+    assert services["user_code"]["environment"]["SPARK_MASTER"] == f"sc://spark_connect:{port}"
+    assert spark["volumes"] == services["user_code"]["volumes"]
+    assert "$PROMO_SPARK_JARS" in spark["command"][-1]
 
 
 def test_compose_passes_only_settings_the_code_reads(

@@ -87,7 +87,7 @@ def fault_stack() -> Iterator[LocalStack]:
     /tmp/pytest-of-<user> to 0700, and the restarted Postgres (run as user postgres) could
     no longer reach its data.
     """
-    stack = LocalStack(Path(tempfile.mkdtemp(prefix="promo-fault-stack-")))
+    stack = LocalStack(Path(tempfile.mkdtemp(prefix="promo-fault-stack-")), spark="local")
     try:
         stack.up()
         yield stack

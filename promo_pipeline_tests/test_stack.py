@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
+import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,7 +80,9 @@ def test_settings_and_env_file(stack: LocalStack, env: dict[str, str]) -> None:
     assert [(name, running) for name, running, _ in stack.status()] == [
         ("postgres", True),
         ("kafka", True),
+        ("spark connect", True),
     ]
+    assert env["SPARK_MASTER"].startswith("sc://127.0.0.1:")
 
 
 def test_kafka_roundtrip(env: dict[str, str]) -> None:
@@ -117,15 +124,15 @@ def test_postgres_password(env: dict[str, str]) -> None:
 
 
 def test_up_is_idempotent(stack: LocalStack, env: dict[str, str]) -> None:
-    pids = (stack.postgres().pid(), stack.kafka().pid())
+    pids = (stack.postgres().pid(), stack.kafka().pid(), stack.spark_connect().pid())
     assert stack.up() == env
-    assert (stack.postgres().pid(), stack.kafka().pid()) == pids
+    assert (stack.postgres().pid(), stack.kafka().pid(), stack.spark_connect().pid()) == pids
 
 
 def test_second_stack_gets_other_ports(
     tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
 ) -> None:
-    other = LocalStack(tmp_path_factory.mktemp("stack-b"))
+    other = LocalStack(tmp_path_factory.mktemp("stack-b"), spark="local")
     try:
         other_env = other.up()
         ports = {env["POSTGRES_PORT"], env["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1]}
@@ -142,15 +149,47 @@ def test_second_stack_gets_other_ports(
     assert not other.dir.exists()
 
 
+def _spark_jobs(stack: LocalStack) -> int:
+    """Jobs the Connect server's Spark application has run, from its own REST API."""
+    base = f"http://127.0.0.1:{stack.spark_connect().ui_port}/api/v1/applications"
+    with urllib.request.urlopen(base, timeout=5) as response:
+        [app] = json.load(response)
+    with urllib.request.urlopen(f"{base}/{app['id']}/jobs", timeout=5) as response:
+        return len(json.load(response))
+
+
+def test_demo_runs_on_the_stacks_spark_connect_server(
+    stack: LocalStack, env: dict[str, str]
+) -> None:
+    """The README's first command: `promo demo` on this stack, its runs on the warm server."""
+    jobs_before = _spark_jobs(stack)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(tuple(EXPECTED_KEYS))}
+    demo = subprocess.run(
+        [str(Path(sys.executable).with_name("promo")), "demo", "--dir", str(stack.dir)],
+        env={**clean, "PROMO_STACK_DIR": str(stack.dir)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert ": SUCCESS in" in demo.stdout
+    shown = re.search(r"subscribers_feedback \((\d+) shown\)", demo.stdout)
+    assert shown and int(shown.group(1)) > 0, demo.stdout
+    # The run's Kafka read, joins and Arrow collect ran as jobs inside the server.
+    assert _spark_jobs(stack) > jobs_before
+
+
 def test_down_then_up_keeps_data(stack: LocalStack, env: dict[str, str]) -> None:
     with _connect(env) as conn:
         conn.execute("CREATE TABLE survivor (note text)")
         conn.execute("INSERT INTO survivor VALUES ('still here')")
-    pg, kafka = stack.postgres(), stack.kafka()
+    pg, kafka, connect = stack.postgres(), stack.kafka(), stack.spark_connect()
 
     stack.down()
-    assert wait_until(lambda: not pg.is_running() and not kafka.is_running(), 30)
-    assert [running for _, running, _ in stack.status()] == [False, False]
+    assert wait_until(
+        lambda: not pg.is_running() and not kafka.is_running() and not connect.is_running(), 30
+    )
+    assert [running for _, running, _ in stack.status()] == [False, False, False]
     stack.down()  # already stopped: a no-op
 
     assert stack.up() == env

@@ -1,4 +1,4 @@
-"""LocalStack: Kafka + PostgreSQL + Spark connector jars for one working dir, no Docker.
+"""LocalStack: Kafka + PostgreSQL + a Spark Connect server for one working dir, no Docker.
 
 Everything a stack owns (ports, password, data, logs, pid files) lives under its dir, so two
 dirs are two independent stacks and `down()` followed by `up()` brings back the same data.
@@ -20,6 +20,7 @@ from promo_pipeline.stack import maven
 from promo_pipeline.stack._proc import pick_free_ports, port_is_free
 from promo_pipeline.stack.kafka import KafkaBroker
 from promo_pipeline.stack.postgres import PostgresCluster
+from promo_pipeline.stack.spark import SparkConnectServer
 
 log = logging.getLogger("promo_pipeline.stack")
 
@@ -41,10 +42,19 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# "connect": a long-lived Spark Connect server that every run uses (warm: no JVM start per
+# run); "local": each run starts its own in-process Spark session (what the tests use, so a
+# test's environment, fault injection included, reaches the foreachBatch code).
+SPARK_ENGINES = ("connect", "local")
+
+
 class LocalStack:
     """The services the pipeline needs, run as plain local processes under `dir`."""
 
-    def __init__(self, dir: Path) -> None:
+    def __init__(self, dir: Path, spark: str = "connect") -> None:
+        if spark not in SPARK_ENGINES:
+            raise ValueError(f"spark must be one of {SPARK_ENGINES}, not {spark!r}")
+        self.spark = spark
         self.dir = Path(dir).absolute()
         self.config_file = self.dir / "stack.json"
         self.env_file = self.dir / "stack.env"
@@ -55,12 +65,18 @@ class LocalStack:
 
     def _load_config(self) -> dict:
         if self.config_file.exists():
-            return json.loads(self.config_file.read_text())
-        kafka, controller, pg = pick_free_ports(3)
+            config = json.loads(self.config_file.read_text())
+            if "spark_connect_port" not in config:  # a stack made before the Connect server
+                config["spark_connect_port"], config["spark_ui_port"] = pick_free_ports(2)
+                self._save_config(config)
+            return config
+        kafka, controller, pg, connect, spark_ui = pick_free_ports(5)
         config = {
             "kafka_port": kafka,
             "kafka_controller_port": controller,
             "postgres_port": pg,
+            "spark_connect_port": connect,
+            "spark_ui_port": spark_ui,
             "postgres_password": secrets.token_urlsafe(24),
         }
         self._save_config(config)
@@ -86,6 +102,14 @@ class LocalStack:
         )
         return pg, kafka
 
+    def _spark_connect(self, config: dict) -> SparkConnectServer:
+        return SparkConnectServer(
+            self.dir / "spark",
+            [str(j) for j in maven.spark_jars()],
+            port=config["spark_connect_port"],
+            ui_port=config["spark_ui_port"],
+        )
+
     def _reassign_taken_ports(self, config: dict) -> dict:
         """A saved port now held by something else gets a fresh one (only for stopped services)."""
         pg, kafka = self._services(config)
@@ -97,6 +121,12 @@ class LocalStack:
             port_is_free(config["kafka_port"]) and port_is_free(config["kafka_controller_port"])
         ):
             config["kafka_port"], config["kafka_controller_port"] = pick_free_ports(2)
+            changed = True
+        connect = self._spark_connect(config)
+        if not connect.is_running() and not (
+            port_is_free(config["spark_connect_port"]) and port_is_free(config["spark_ui_port"])
+        ):
+            config["spark_connect_port"], config["spark_ui_port"] = pick_free_ports(2)
             changed = True
         if changed:
             log.warning("saved port taken by another process, now using %s", config)
@@ -130,7 +160,11 @@ class LocalStack:
             "POSTGRES_PASSWORD": config["postgres_password"],
             "PROMO_STATE_DIR": str(self.state_dir),
             "PROMO_SPARK_JARS": ",".join(str(j) for j in jars),
-            "SPARK_MASTER": "local[2]",
+            "SPARK_MASTER": (
+                f"sc://127.0.0.1:{config['spark_connect_port']}"
+                if self.spark == "connect"
+                else "local[2]"
+            ),
             "DAGSTER_HOME": str(self.dagster_home),
             "DAGSTER_PG_DB": DAGSTER_DB_NAME,
         }
@@ -144,6 +178,11 @@ class LocalStack:
             pg, kafka = self._services(config)
             pg.start()
             kafka.start()
+            if self.spark == "connect":
+                connect = self._spark_connect(config)
+                if not connect.is_running():
+                    connect.start()
+                    connect.warm_up()
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._prepare_dagster_home(pg)
             settings = self.settings()
@@ -166,19 +205,27 @@ class LocalStack:
             log.warning("no dagster.yaml next to the package; DAGSTER_HOME keeps Dagster defaults")
 
     def down(self) -> None:
-        """Stop Kafka, then Postgres; data stays. Fine to call when already stopped."""
+        """Stop Spark, Kafka, then Postgres; data stays. Fine to call when already stopped."""
         if not self.config_file.exists():
             return
         with self._lock():
-            pg, kafka = self._services(self._load_config())
+            config = self._load_config()
+            self._spark_connect(config).stop()
+            pg, kafka = self._services(config)
             kafka.stop()
             pg.stop()
 
     def status(self) -> list[tuple[str, bool, str]]:
         """(service, running, where) for each service, e.g. '127.0.0.1:5433 pid 12 log ...'."""
         if not self.config_file.exists():
-            return [("postgres", False, "not created"), ("kafka", False, "not created")]
-        pg, kafka = self._services(self._load_config())
+            return [
+                ("postgres", False, "not created"),
+                ("kafka", False, "not created"),
+                ("spark connect", False, "not created"),
+            ]
+        config = self._load_config()
+        pg, kafka = self._services(config)
+        connect = self._spark_connect(config)
         return [
             (
                 "postgres",
@@ -190,6 +237,12 @@ class LocalStack:
                 kafka.is_running(),
                 f"{kafka.bootstrap} pid {kafka.pid() or '-'} log {kafka.server_log}",
             ),
+            (
+                "spark connect",
+                connect.is_running(),
+                f"{connect.url} pid {connect.pid() or '-'} log {connect.log_file}"
+                + ("" if self.spark == "connect" else " (runs use a local session)"),
+            ),
         ]
 
     def postgres(self) -> PostgresCluster:
@@ -199,6 +252,10 @@ class LocalStack:
     def kafka(self) -> KafkaBroker:
         """The Kafka service object (for is_running()/pid() in tools and tests)."""
         return self._services(self._load_config())[1]
+
+    def spark_connect(self) -> SparkConnectServer:
+        """The Spark Connect server object (for is_running()/pid() in tools and tests)."""
+        return self._spark_connect(self._load_config())
 
     def destroy(self) -> None:
         """down() and delete the dir with all data; meant for tests."""

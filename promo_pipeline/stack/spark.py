@@ -16,7 +16,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from promo_pipeline.stack._proc import pick_free_ports, tail, wait_until
+from promo_pipeline.stack._proc import pick_free_ports, pid_alive, read_pid, tail, wait_until
 
 log = logging.getLogger("promo_pipeline.stack")
 
@@ -201,14 +201,26 @@ class SparkConnectServer:
     """A Spark Connect server with the pipeline's connector jars on its classpath.
 
     The server owns the Spark driver: the checkpoint and the foreachBatch Python worker live on
-    its side, so `PYSPARK_PYTHON` must be an interpreter that can import promo_pipeline.
+    its side, so `PYSPARK_PYTHON` must be an interpreter that can import promo_pipeline. It
+    outlives the process that started it (pid file under `dir`), so a run, the daemon's sensor
+    and `promo` commands all find it warm; `stop()` works from any process.
     """
 
-    def __init__(self, dir: Path, jars: list[str], master: str = "local[2]") -> None:
+    def __init__(
+        self,
+        dir: Path,
+        jars: list[str],
+        master: str = "local[2]",
+        port: int | None = None,
+        ui_port: int | None = None,
+    ) -> None:
         self.dir = Path(dir).absolute()
         self.jars = jars
         self.master = master
-        self.port, self.ui_port = pick_free_ports(2)
+        if port is None or ui_port is None:
+            port, ui_port = pick_free_ports(2)
+        self.port, self.ui_port = port, ui_port
+        self.pid_file = self.dir / "connect-server.pid"
         self._daemon: _Daemon | None = None
 
     @property
@@ -219,7 +231,17 @@ class SparkConnectServer:
     def log_file(self) -> Path:
         return self.dir / "connect-server.log"
 
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file)
+
+    def is_running(self) -> bool:
+        """Our server's JVM is alive (its command line names our port) and it listens."""
+        marker = f"spark.connect.grpc.binding.port={self.port}"
+        return pid_alive(self.pid(), marker) and _port_open(self.port)
+
     def start(self, timeout: float = 120.0) -> None:
+        if self.is_running():
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             str(spark_home() / "bin" / "spark-submit"),
@@ -247,6 +269,7 @@ class SparkConnectServer:
         # The server's driver heap follows SPARK_DAEMON_MEMORY, not --driver-memory.
         env = _env(self.dir, daemon_memory="2g")
         self._daemon = _Daemon("spark connect server", cmd, self.log_file, env)
+        self.pid_file.write_text(f"{self._daemon.proc.pid}\n")
 
         def ready() -> bool:
             assert self._daemon is not None
@@ -263,10 +286,31 @@ class SparkConnectServer:
             raise
         log.info("spark connect server at %s", self.url)
 
-    def stop(self) -> None:
+    def warm_up(self) -> None:
+        """One tiny query: the server loads its classes and Python worker now, not in a run."""
+        from pyspark.sql import SparkSession
+
+        session = SparkSession.builder.remote(self.url).create()
+        try:
+            session.range(1).collect()
+        finally:
+            session.stop()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to the server's process group, then SIGKILL; from any process."""
         if self._daemon is not None:
-            self._daemon.stop()
+            self._daemon.stop(timeout)
             self._daemon = None
+        elif self.is_running():
+            pid = self.pid()
+            assert pid is not None
+            try:
+                os.killpg(pid, signal.SIGTERM)
+                if not wait_until(lambda: not pid_alive(pid, ""), timeout):
+                    os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.pid_file.unlink(missing_ok=True)
 
 
 def _get_list(url: str) -> list[dict]:
