@@ -80,10 +80,15 @@ def test_duplicate_check_fails_when_the_ledger_holds_a_pair_twice(pipeline: Pipe
     client = new_uuid()
     pipeline.subscribe((client, active["restaurant_id"]))
     pipeline.publish(active)
-    assert run_with_checks(pipeline)["one_trigger_per_campaign_and_client"].passed
+    guarded = run_with_checks(pipeline)["one_trigger_per_campaign_and_client"]
+    assert guarded.passed and values(guarded)["unique_index_valid"] is True
 
     # What only a bypass of the pipeline could do: drop the guard and copy a row.
     pipeline.sql("DROP INDEX public.subscribers_feedback_campaign_client_key")
+    unguarded = run_with_checks(pipeline)["one_trigger_per_campaign_and_client"]
+    assert unguarded.passed and values(unguarded)["unique_index_valid"] is False
+    # An index on the pair that is not unique does not count as the guard either.
+    pipeline.sql("CREATE INDEX decoy ON public.subscribers_feedback (adv_campaign_id, client_id)")
     columns = [name for name in pipeline.feedback()[0] if name != "id"]
     listed = ", ".join(columns)
     pipeline.sql(
