@@ -83,6 +83,9 @@ def test_settings_and_env_file(stack: LocalStack, env: dict[str, str]) -> None:
         ("spark connect", True),
     ]
     assert env["SPARK_MASTER"].startswith("sc://127.0.0.1:")
+    # Warming the server up must not turn this process into a Connect-only one: local
+    # sessions started here (or in children, e.g. `dagster dev`) would then fail.
+    assert not {"SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE"} & set(os.environ)
 
 
 def test_kafka_roundtrip(env: dict[str, str]) -> None:

@@ -102,10 +102,11 @@ class LocalStack:
         )
         return pg, kafka
 
-    def _spark_connect(self, config: dict) -> SparkConnectServer:
+    def _spark_connect(self, config: dict, jars: list[str] | None = None) -> SparkConnectServer:
+        """The server's handle; `jars` only matter to start it (status and stop need none)."""
         return SparkConnectServer(
             self.dir / "spark",
-            [str(j) for j in maven.spark_jars()],
+            jars or [],
             port=config["spark_connect_port"],
             ui_port=config["spark_ui_port"],
         )
@@ -179,7 +180,7 @@ class LocalStack:
             pg.start()
             kafka.start()
             if self.spark == "connect":
-                connect = self._spark_connect(config)
+                connect = self._spark_connect(config, [str(j) for j in maven.spark_jars()])
                 if not connect.is_running():
                     connect.start()
                     connect.warm_up()

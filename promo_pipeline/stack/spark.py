@@ -286,15 +286,25 @@ class SparkConnectServer:
             raise
         log.info("spark connect server at %s", self.url)
 
-    def warm_up(self) -> None:
-        """One tiny query: the server loads its classes and Python worker now, not in a run."""
-        from pyspark.sql import SparkSession
+    def warm_up(self, timeout: float = 120.0) -> None:
+        """One tiny query: the server loads its classes and Python worker now, not in a run.
 
-        session = SparkSession.builder.remote(self.url).create()
-        try:
-            session.range(1).collect()
-        finally:
-            session.stop()
+        In a child process: a Connect client marks its process as Connect-only (pyspark sets
+        SPARK_CONNECT_MODE_ENABLED), which would break local sessions started here later.
+        """
+        query = (
+            "from pyspark.sql import SparkSession\n"
+            f"session = SparkSession.builder.remote({self.url!r}).create()\n"
+            "session.range(1).collect()\n"
+            "session.stop()\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", query], capture_output=True, text=True, timeout=timeout
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"spark connect server at {self.url} failed a first query:\n{result.stderr[-2000:]}"
+            )
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to the server's process group, then SIGKILL; from any process."""
