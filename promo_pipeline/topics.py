@@ -15,7 +15,9 @@ DLQ_CONFIG = {"max.message.bytes": str(4 * 1024 * 1024)}
 
 def ensure_topics(kafka: KafkaResource, timeout: float = 30.0) -> list[str]:
     """Create whichever topics are missing; returns the ones created."""
-    admin = AdminClient(kafka.client_config())
+    # Warnings and errors only: librdkafka's info line about purged background events on close
+    # is noise in `promo stack up`.
+    admin = AdminClient(kafka.client_config(log_level=4))
     wanted = {
         kafka.input_topic: PARTITIONS["input"],
         kafka.output_topic: PARTITIONS["output"],
