@@ -117,11 +117,16 @@ class KafkaBroker:
             cluster_id,
             "-c",
             str(self.config),
+            *self._format_args(),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"kafka storage format failed:\n{proc.stdout}{proc.stderr}")
         log.info("formatted kafka storage in %s (cluster id %s)", self.data_dir, cluster_id)
+
+    def _format_args(self) -> list[str]:
+        """Extra arguments for `StorageTool format` (a secured broker adds its users)."""
+        return []
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the broker detached from this process and wait until it serves metadata."""

@@ -7,12 +7,10 @@ so there is no window in which the broker runs without them.
 
 from __future__ import annotations
 
-import base64
 import logging
 import secrets
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -126,28 +124,13 @@ class SecureKafkaBroker(KafkaBroker):
         self.config.write_text("\n".join(lines) + "\n")
         self.config.chmod(0o600)
 
-    def _format_once(self) -> None:
-        """Format with the SCRAM credentials of the broker's own user and every client user."""
-        if (self.data_dir / "meta.properties").exists():
-            return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        cmd = [
-            self._java(),
-            f"-Dlog4j2.configurationFile={self.log4j_config}",
-            "-cp",
-            self._classpath(),
-            "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            cluster_id,
-            "-c",
-            str(self.config),
+    def _format_args(self) -> list[str]:
+        """The SCRAM credentials of the broker's own user and every client user."""
+        return [
+            arg
+            for user, password in {ADMIN_USER: self.admin_password, **self.users}.items()
+            for arg in ("--add-scram", f"{MECHANISM}=[name={user},password={password}]")
         ]
-        for user, password in {ADMIN_USER: self.admin_password, **self.users}.items():
-            cmd += ["--add-scram", f"{MECHANISM}=[name={user},password={password}]"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"kafka storage format failed:\n{proc.stdout}{proc.stderr}")
 
     def _admin_config(self) -> dict[str, Any]:
         return self.client_config(ADMIN_USER, self.admin_password)
