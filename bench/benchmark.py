@@ -45,6 +45,7 @@ from promo_pipeline.db import SEED_DDL, conninfo, init_db  # noqa: E402
 from promo_pipeline.resources import kafka_resource  # noqa: E402
 from promo_pipeline.schema import TRIGGER_COLUMNS  # noqa: E402
 from promo_pipeline.settings import Settings, load_settings  # noqa: E402
+from promo_pipeline.stack._proc import stop_process_group  # noqa: E402
 from promo_pipeline.topics import ensure_topics  # noqa: E402
 
 PYTHON = sys.executable
@@ -720,11 +721,8 @@ def freshness(base: dict[str, str], work: Path, trials: int, out: Path) -> dict[
                     }
                 )
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        stop_process_group(daemon.pid, timeout=30)
+        daemon.wait(10)
         stop_leftovers(f"DAGSTER_HOME={home}".encode())
         log.close()
         consumer.close()

@@ -4,7 +4,6 @@ coordinator launches the job in its own process, and a trigger arrives in both s
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+from promo_pipeline.stack._proc import stop_process_group
 from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark, pytest.mark.daemon]
@@ -55,9 +55,6 @@ def test_daemon_sensor_launches_job_and_trigger_reaches_both_sinks(
         [message] = pipeline.output()
         assert message.key() == SEED_CLIENT.encode()
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        stop_process_group(daemon.pid, timeout=30)
+        daemon.wait(10)
         log.close()

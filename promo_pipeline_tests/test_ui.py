@@ -5,11 +5,9 @@ kept in artifacts/ui/."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
+from promo_pipeline.stack._proc import stop_process_group
 from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark, pytest.mark.daemon]
@@ -137,10 +136,6 @@ def test_ui_shows_graph_launches_job_and_run_succeeds(
     finally:
         # dagster dev stops its webserver, daemon and code server on SIGTERM; whatever is
         # left after 20 s (a run worker, or SIGTERM ignored by the parent) is killed.
-        os.killpg(server.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_process_group(server.pid, timeout=20)
         server.wait(10)
         log.close()

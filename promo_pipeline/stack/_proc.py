@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -27,6 +29,16 @@ def pid_alive(pid: int | None, marker: str) -> bool:
     if state in ("Z", "X"):
         return False
     return marker in cmdline
+
+
+def stop_process_group(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM to the process group that `pid` leads, then SIGKILL to whatever of it is left
+    after `timeout` (the leader, or children it left behind). Works from any process; a
+    parent still has to reap its child (`Popen.wait`)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+        wait_until(lambda: not pid_alive(pid, ""), timeout)
+        os.killpg(pid, signal.SIGKILL)
 
 
 def read_pid(path: Path) -> int | None:

@@ -10,13 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
-from promo_pipeline.stack._proc import pick_free_ports, pid_alive, read_pid, tail, wait_until
+from promo_pipeline.stack._proc import (
+    pick_free_ports,
+    pid_alive,
+    read_pid,
+    stop_process_group,
+    tail,
+    wait_until,
+)
 
 log = logging.getLogger("promo_pipeline.stack")
 
@@ -78,17 +84,11 @@ class _Daemon:
             )
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to the whole process group (spark-class forks the JVM), then SIGKILL."""
+        """The whole process group: spark-class forks the JVM."""
         if not self.alive():
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.proc.pid, timeout)
+        self.proc.wait(10)
 
 
 def _get_json(url: str) -> dict:
@@ -311,15 +311,8 @@ class SparkConnectServer:
         if self._daemon is not None:
             self._daemon.stop(timeout)
             self._daemon = None
-        elif self.is_running():
-            pid = self.pid()
-            assert pid is not None
-            try:
-                os.killpg(pid, signal.SIGTERM)
-                if not wait_until(lambda: not pid_alive(pid, ""), timeout):
-                    os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        elif self.is_running() and (pid := self.pid()):
+            stop_process_group(pid, timeout)
         self.pid_file.unlink(missing_ok=True)
 
 
