@@ -37,7 +37,7 @@ from promo_pipeline.db import conninfo, init_db  # noqa: E402
 from promo_pipeline.resources import kafka_resource  # noqa: E402
 from promo_pipeline.settings import Settings  # noqa: E402
 from promo_pipeline.stack import LocalStack  # noqa: E402
-from promo_pipeline.topics import ensure_topics  # noqa: E402
+from promo_pipeline.topics import ensure_topics, produce_all  # noqa: E402
 
 SUBSCRIBERS_PER_RESTAURANT = 10
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -127,12 +127,7 @@ def generate(
             if state == "active":
                 counts["triggers"] += subscribers.get(restaurant, 0)
         counts[state] += 1
-        while True:
-            try:
-                producer.produce(settings.promo_input_topic, value)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce_all(producer, settings.promo_input_topic, [(None, value)])
     if producer.flush(120):
         raise RuntimeError("could not publish the backlog")
     print(f"published {campaigns:,} campaign messages in {time.monotonic() - started:.1f} s")

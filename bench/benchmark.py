@@ -46,7 +46,7 @@ from promo_pipeline.resources import kafka_resource  # noqa: E402
 from promo_pipeline.schema import TRIGGER_COLUMNS  # noqa: E402
 from promo_pipeline.settings import Settings, load_settings  # noqa: E402
 from promo_pipeline.stack._proc import stop_process_group  # noqa: E402
-from promo_pipeline.topics import ensure_topics  # noqa: E402
+from promo_pipeline.topics import ensure_topics, produce_all  # noqa: E402
 
 PYTHON = sys.executable
 CONTENDERS = ("promo", "promo-local", "seed", "raw")
@@ -504,14 +504,7 @@ def child_raw() -> None:
             }
         )
     )
-    out = kafka.output_topic
-    for key, value in records:
-        while True:
-            try:
-                producer.produce(out, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+    produce_all(producer, kafka.output_topic, records)
     assert producer.flush(120) == 0
     t4 = time.monotonic()
     stages = {"read": t1 - t0, "join": t2 - t1, "postgres": t3 - t2, "kafka": t4 - t3}

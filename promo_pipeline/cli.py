@@ -105,6 +105,7 @@ def send(
     from confluent_kafka import KafkaException, Producer
 
     from promo_pipeline.resources import kafka_resource
+    from promo_pipeline.topics import produce_all
 
     kafka = kafka_resource(settings)
     require_topic(settings, kafka.input_topic)
@@ -123,19 +124,11 @@ def send(
     for line in lines:
         if not line.strip():
             continue
-        while True:
-            try:
-                producer.produce(
-                    kafka.input_topic,
-                    value=line.rstrip("\r\n").encode(),
-                    key=encoded_key,
-                    on_delivery=delivered,
-                )
-                break
-            except BufferError:
-                producer.poll(0.5)
-            except KafkaException as error:
-                raise UserError(f"could not publish to {kafka.input_topic}: {error}") from None
+        value = line.rstrip("\r\n").encode()
+        try:
+            produce_all(producer, kafka.input_topic, [(encoded_key, value)], on_delivery=delivered)
+        except KafkaException as error:
+            raise UserError(f"could not publish to {kafka.input_topic}: {error}") from None
         producer.poll(0)
         count += 1
         if progress and time.monotonic() - shown >= 1:

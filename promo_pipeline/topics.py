@@ -1,8 +1,12 @@
-"""The three topics, created when missing (the local stack disables auto-creation)."""
+"""The three topics, created when missing (the local stack disables auto-creation), and the
+one way this project queues messages to a producer."""
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaError, KafkaException
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from promo_pipeline.resources import KafkaResource
@@ -40,3 +44,21 @@ def ensure_topics(kafka: KafkaResource, timeout: float = 30.0) -> list[str]:
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
+
+
+def produce_all(
+    producer: Producer,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes | None]],
+    **options: Any,
+) -> None:
+    """Queue every (key, value) message, waiting for room whenever librdkafka's local queue is
+    full (its delivery reports free it); `options` go to each `produce` call. Delivery is the
+    caller's to await (`flush`)."""
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value, key, **options)
+                break
+            except BufferError:
+                producer.poll(0.05)

@@ -23,6 +23,7 @@ from promo_pipeline.resources import (
     StateResource,
 )
 from promo_pipeline.schema import CAMPAIGN_COLUMNS, Campaign, Rejection, parse_campaign
+from promo_pipeline.topics import produce_all
 from promo_pipeline.work import committed_offsets
 
 log = logging.getLogger(__name__)
@@ -112,14 +113,9 @@ class DeadLetters:
             ("promo.reject.reason", str(why).encode()),
             ("promo.source", source.encode()),
         ]
-        while True:
-            try:
-                self.producer.produce(
-                    self.topic, value=value, key=key, headers=headers, on_delivery=self._delivered
-                )
-                break
-            except BufferError:
-                self.producer.poll(0.5)
+        produce_all(
+            self.producer, self.topic, [(key, value)], headers=headers, on_delivery=self._delivered
+        )
 
     def flush(self, timeout: float = 60.0) -> None:
         """Block until every rejected message is acknowledged, or fail the batch."""

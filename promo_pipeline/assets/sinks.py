@@ -22,6 +22,7 @@ from promo_pipeline.assets.triggers import TRIGGER_ARROW_SCHEMA
 from promo_pipeline.faultpoints import fault_point
 from promo_pipeline.resources import KafkaResource, PipelineLockResource, PostgresResource
 from promo_pipeline.schema import TRIGGER_COLUMNS
+from promo_pipeline.topics import produce_all
 
 COLUMNS = ", ".join(TRIGGER_COLUMNS)
 COPY_FEEDBACK = f"COPY public.subscribers_feedback ({COLUMNS}) FROM STDIN (FORMAT csv)"
@@ -119,13 +120,7 @@ def produce(kafka: KafkaResource, table: pa.Table) -> None:
     # leaves a partly written topic, as a crash mid-write would.
     first = max(1, len(keys) // 3)
     for start, end in ((0, first), (first, len(keys))):
-        for key, value in zip(keys[start:end], values[start:end], strict=True):
-            while True:
-                try:
-                    producer.produce(topic, value, key)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+        produce_all(producer, topic, zip(keys[start:end], values[start:end], strict=True))
         left = producer.flush(60)
         if left or producer_errors:
             raise KafkaException(
