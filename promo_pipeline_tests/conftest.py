@@ -68,6 +68,34 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         stack.destroy()
 
 
+def read_topic(settings: Settings, topic: str, timeout: float = 10.0) -> list[Any]:
+    """Every message in `topic`, from the beginning up to its current end, read with the
+    pipeline's own client settings (so it works on a secured broker too)."""
+    consumer = Consumer(
+        kafka_resource(settings).client_config(
+            **{"group.id": f"test-{new_uuid()}", "enable.auto.commit": False}
+        )
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        messages: list[Any] = []
+        deadline = time.monotonic() + 30
+        expected = sum(ends.values())
+        while len(messages) < expected and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is not None and message.error() is None:
+                messages.append(message)
+        assert len(messages) == expected, f"read {len(messages)} of {expected} from {topic}"
+        return sorted(messages, key=lambda m: (m.partition(), m.offset()))
+    finally:
+        consumer.close()
+
+
 @dataclass
 class Pipeline:
     """One test's private slice of the stack, and what a test does with it."""
@@ -126,32 +154,7 @@ class Pipeline:
         return {(row["adv_campaign_id"], row["client_id"]) for row in self.feedback()}
 
     def read_topic(self, topic: str) -> list[Any]:
-        """Every message in `topic`, from the beginning up to its current end."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                "group.id": f"test-{new_uuid()}",
-                "enable.auto.commit": False,
-            }
-        )
-        try:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            ends = {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in partitions
-            }
-            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-            messages: list[Any] = []
-            deadline = time.monotonic() + 30
-            expected = sum(ends.values())
-            while len(messages) < expected and time.monotonic() < deadline:
-                message = consumer.poll(1.0)
-                if message is not None and message.error() is None:
-                    messages.append(message)
-            assert len(messages) == expected, f"read {len(messages)} of {expected} from {topic}"
-            return sorted(messages, key=lambda m: (m.partition(), m.offset()))
-        finally:
-            consumer.close()
+        return read_topic(self.settings, topic)
 
     def output(self) -> list[Any]:
         return self.read_topic(self.settings.promo_output_topic)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from dagster import DagsterInstance, Failure, RunsFilter
 from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster_shared.serdes import serialize_value
@@ -34,7 +33,7 @@ from promo_pipeline.stack._proc import pick_free_ports
 from promo_pipeline.stack.secure import MECHANISM, SecureKafkaBroker, make_certificates
 from promo_pipeline.topics import ensure_topics
 from promo_pipeline.work import find_work
-from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
+from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid, read_topic
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 
@@ -99,32 +98,6 @@ def secured(
     return settings
 
 
-def read_all(settings: Settings, topic: str) -> list:
-    """Every message of `topic`, read with the pipeline's own (secured) client settings."""
-    consumer = Consumer(
-        kafka_resource(settings).client_config(
-            **{"group.id": f"test-{new_uuid()}", "enable.auto.commit": False}
-        )
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=20).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1]
-            for p in partitions
-        }
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        messages: list = []
-        deadline = time.monotonic() + 30
-        while len(messages) < sum(ends.values()) and time.monotonic() < deadline:
-            message = consumer.poll(1.0)
-            if message is not None and message.error() is None:
-                messages.append(message)
-        assert len(messages) == sum(ends.values()), f"read {len(messages)} of {ends}"
-        return messages
-    finally:
-        consumer.close()
-
-
 def promo_run(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     run = subprocess.run(
@@ -173,9 +146,9 @@ def test_pipeline_end_to_end_over_sasl_ssl_scram(
     assert run.returncode == 0, run.stdout + run.stderr[-5000:]
 
     assert pipeline.pairs() == {(active["adv_campaign_id"], client) for client in clients}
-    output = read_all(secured, secured.promo_output_topic)
+    output = read_topic(secured, secured.promo_output_topic, timeout=20)
     assert sorted(m.key().decode() for m in output) == clients
-    [dead] = read_all(secured, secured.promo_dlq_topic)
+    [dead] = read_topic(secured, secured.promo_dlq_topic, timeout=20)
     assert dead.value() == b"not json"
     work = find_work(kafka, postgres, checkpoint, int(time.time()))
     assert not work.due, work.reasons
@@ -214,8 +187,8 @@ def test_wrong_password_fails_fast_and_writes_nothing(
     assert pipeline.feedback() == []
     assert pipeline.sql("SELECT count(*) FROM promo.campaigns") == [(0,)]
     assert pipeline.sql("SELECT count(*) FROM promo.kafka_outbox") == [(0,)]
-    assert read_all(secured, secured.promo_output_topic) == []
-    assert read_all(secured, secured.promo_dlq_topic) == []
+    assert read_topic(secured, secured.promo_output_topic, timeout=20) == []
+    assert read_topic(secured, secured.promo_dlq_topic, timeout=20) == []
     assert not Path(state_resource(secured).checkpoint_dir).exists()
     for secret in (secure_kafka.password, wrong):
         assert secret not in run.stdout + run.stderr
