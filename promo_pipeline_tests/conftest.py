@@ -153,6 +153,18 @@ class Pipeline:
     def pairs(self) -> set[tuple[str, str]]:
         return {(row["adv_campaign_id"], row["client_id"]) for row in self.feedback()}
 
+    def publish_active(self, campaigns: int, clients: int) -> set[tuple[str, str]]:
+        """`campaigns` active campaigns, each with `clients` new subscribers, published one by
+        one; returns the (campaign, client) pairs that are due."""
+        due = set()
+        for _ in range(campaigns):
+            active = campaign()
+            subscribers = [new_uuid() for _ in range(clients)]
+            self.subscribe(*[(client, active["restaurant_id"]) for client in subscribers])
+            self.publish(active)
+            due |= {(active["adv_campaign_id"], client) for client in subscribers}
+        return due
+
     def read_topic(self, topic: str) -> list[Any]:
         return read_topic(self.settings, topic)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from promo_pipeline.resources import PipelineLockResource
-from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
+from promo_pipeline_tests.conftest import Pipeline
 from promo_pipeline_tests.faults import ChildRun, check_recovered, poll
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
@@ -24,13 +24,7 @@ BAD = b'{"adv_campaign_id": "oops"'
 
 def prepare(pipeline: Pipeline) -> set[tuple[str, str]]:
     """Two active campaigns with three subscribers each, and one bad message."""
-    expected = set()
-    for _ in range(2):
-        active = campaign()
-        clients = [new_uuid() for _ in range(3)]
-        pipeline.subscribe(*[(client, active["restaurant_id"]) for client in clients])
-        pipeline.publish(active)
-        expected |= {(active["adv_campaign_id"], client) for client in clients}
+    expected = pipeline.publish_active(campaigns=2, clients=3)
     pipeline.publish(BAD)
     return expected
 

@@ -135,13 +135,7 @@ def spark_jvms(root: int) -> list[int]:
 
 def prepare(pipeline: Pipeline) -> set[tuple[str, str]]:
     """Three active campaigns with five subscribers each, an expired one, a bad message."""
-    expected = set()
-    for _ in range(3):
-        active = campaign()
-        clients = [new_uuid() for _ in range(5)]
-        pipeline.subscribe(*[(client, active["restaurant_id"]) for client in clients])
-        pipeline.publish(active)
-        expected |= {(active["adv_campaign_id"], client) for client in clients}
+    expected = pipeline.publish_active(campaigns=3, clients=5)
     expired = campaign(adv_campaign_datetime_start=1600000000, adv_campaign_datetime_end=1600003600)
     pipeline.subscribe((new_uuid(), expired["restaurant_id"]))
     pipeline.publish(expired, b'{"adv_campaign_id": "truncated')
