@@ -114,23 +114,19 @@ class LocalStack:
     def _reassign_taken_ports(self, config: dict) -> dict:
         """A saved port now held by something else gets a fresh one (only for stopped services)."""
         pg, kafka = self._services(config)
-        changed = False
-        if not pg.is_running() and not port_is_free(config["postgres_port"]):
-            [config["postgres_port"]] = pick_free_ports(1)
-            changed = True
-        if not kafka.is_running() and not (
-            port_is_free(config["kafka_port"]) and port_is_free(config["kafka_controller_port"])
-        ):
-            config["kafka_port"], config["kafka_controller_port"] = pick_free_ports(2)
-            changed = True
-        connect = self._spark_connect(config)
-        if not connect.is_running() and not (
-            port_is_free(config["spark_connect_port"]) and port_is_free(config["spark_ui_port"])
-        ):
-            config["spark_connect_port"], config["spark_ui_port"] = pick_free_ports(2)
-            changed = True
-        if changed:
-            log.warning("saved port taken by another process, now using %s", config)
+        services = (
+            (pg, ("postgres_port",)),
+            (kafka, ("kafka_port", "kafka_controller_port")),
+            (self._spark_connect(config), ("spark_connect_port", "spark_ui_port")),
+        )
+        moved = {}
+        for service, keys in services:
+            if not service.is_running() and not all(port_is_free(config[k]) for k in keys):
+                moved |= dict(zip(keys, pick_free_ports(len(keys)), strict=True))
+        if moved:
+            # Only the ports: the config also holds the database password.
+            log.warning("saved port taken by another process, now using %s", moved)
+            config.update(moved)
             self._save_config(config)
         return config
 
