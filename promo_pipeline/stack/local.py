@@ -171,12 +171,12 @@ class LocalStack:
         with self._lock():
             config = self._reassign_taken_ports(self._load_config())
             maven.kafka_broker_jars()
-            maven.spark_jars()
+            spark_jars = [str(jar) for jar in maven.spark_jars()]
             pg, kafka = self._services(config)
             pg.start()
             kafka.start()
             if self.spark == "connect":
-                connect = self._spark_connect(config, [str(j) for j in maven.spark_jars()])
+                connect = self._spark_connect(config, spark_jars)
                 if not connect.is_running():
                     connect.start()
                     connect.warm_up()
