@@ -91,14 +91,14 @@ def one_trigger_per_campaign_and_client(postgres: PostgresResource) -> AssetChec
 def triggers_in_both_sinks(
     context: AssetCheckExecutionContext, postgres: PostgresResource
 ) -> AssetCheckResult:
-    produced = latest_materialization(context, "triggers")
+    produced = latest_materialization(context, "feedback_sink")
     pushed = latest_materialization(context, "push_sink")
     if produced is None or pushed is None or produced[0] != pushed[0]:
         return AssetCheckResult(
-            passed=False, description="no run materialized both triggers and push_sink"
+            passed=False, description="no run materialized both feedback_sink and push_sink"
         )
     run_id, trigger_meta = produced
-    expected = int(trigger_meta["dagster/row_count"])
+    expected = int(trigger_meta["rows_written"])
     run_time = int(trigger_meta["run_time"])
     acknowledged = int(pushed[1]["sent_this_run"])
     with postgres.connect() as conn:
@@ -107,7 +107,8 @@ def triggers_in_both_sinks(
             (run_time,),
         ).fetchone()[0]
         unsent = conn.execute(
-            "SELECT count(*) FROM promo.kafka_outbox WHERE run_id = %s", (run_id,)
+            "SELECT coalesce(sum(triggers), 0)::int8 FROM promo.trigger_outbox WHERE run_id = %s",
+            (run_id,),
         ).fetchone()[0]
     problems = []
     if in_postgres != expected:

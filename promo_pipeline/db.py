@@ -34,13 +34,20 @@ CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
 PIPELINE_DDL = """
 CREATE UNIQUE INDEX IF NOT EXISTS subscribers_feedback_campaign_client_key
     ON public.subscribers_feedback (adv_campaign_id, client_id);
-CREATE INDEX IF NOT EXISTS subscribers_restaurants_restaurant_idx
-    ON public.subscribers_restaurants (restaurant_id, client_id);
+-- UUIDs compare case-insensitively: subscribers are matched and triggered in lower case. The
+-- INCLUDEd raw columns let a restaurant's fan-out be an index-only scan in client order.
+DROP INDEX IF EXISTS public.subscribers_restaurants_restaurant_idx;
+CREATE INDEX IF NOT EXISTS subscribers_restaurants_canonical_idx
+    ON public.subscribers_restaurants (lower(restaurant_id), lower(client_id))
+    INCLUDE (restaurant_id, client_id);
 
 CREATE SCHEMA IF NOT EXISTS promo;
 
 -- The latest version of every campaign ever read: triggers are computed from here each run,
 -- so held, updated and cancelled campaigns and new subscribers need no replay of the topic.
+-- Fan-out state: `fanout_through` is the subscribers_restaurants.id up to which every
+-- subscriber of the restaurant has been triggered (NULL: the full fan-out is not done yet);
+-- `fanout_cursor` is the last client of a full fan-out in progress.
 CREATE TABLE IF NOT EXISTS promo.campaigns (
     adv_campaign_id text PRIMARY KEY,
     restaurant_id text NOT NULL,
@@ -54,8 +61,12 @@ CREATE TABLE IF NOT EXISTS promo.campaigns (
     kafka_offset int8 NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE promo.campaigns ADD COLUMN IF NOT EXISTS fanout_through int8;
+ALTER TABLE promo.campaigns ADD COLUMN IF NOT EXISTS fanout_cursor text;
+ALTER TABLE promo.campaigns ADD COLUMN IF NOT EXISTS fanout_started_at int8;
 CREATE INDEX IF NOT EXISTS campaigns_window_idx
     ON promo.campaigns (adv_campaign_datetime_end, adv_campaign_datetime_start);
+CREATE INDEX IF NOT EXISTS campaigns_restaurant_idx ON promo.campaigns (restaurant_id);
 
 -- What each micro-batch of a run did; written in the batch's own transaction.
 CREATE TABLE IF NOT EXISTS promo.campaign_batches (
@@ -69,37 +80,40 @@ CREATE TABLE IF NOT EXISTS promo.campaign_batches (
     PRIMARY KEY (run_id, batch_id)
 );
 
--- Triggers committed to Postgres but not yet acknowledged by Kafka: one row per run, naming its
--- rows in subscribers_feedback (id range and trigger time). The next run resends them rebuilt
--- from the stored rows, so a resent message is byte-identical.
-CREATE TABLE IF NOT EXISTS promo.kafka_outbox_runs (
-    run_id text PRIMARY KEY,
+-- The run's trigger time T (the database's clock) and subscriber watermark W, so every asset
+-- of a run, and each asset materialized alone, works from one durable window.
+CREATE TABLE IF NOT EXISTS promo.trigger_window (
+    singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
+    run_id text NOT NULL,
     trigger_time int8 NOT NULL,
-    first_id int8 NOT NULL,
-    last_id int8 NOT NULL,
+    subscriber_watermark int8 NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Triggers committed to Postgres but not yet acknowledged by Kafka: one row per committed
+-- slice, naming its rows by the ledger's unique key (one campaign, a client range, the trigger
+-- time), never by ids, so rows written by other hands cannot shift it. Resent messages are
+-- rebuilt from the stored rows by the same query, so they are byte-identical.
+DROP VIEW IF EXISTS promo.kafka_outbox;
+DROP TABLE IF EXISTS promo.trigger_stage;
+CREATE TABLE IF NOT EXISTS promo.trigger_outbox (
+    slice_id bigserial PRIMARY KEY,
+    run_id text NOT NULL,
+    adv_campaign_id text NOT NULL,
+    client_first text NOT NULL,
+    client_last text NOT NULL,
+    trigger_time int8 NOT NULL,
     triggers int8 NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
--- Earlier versions kept one outbox row per trigger in a table of this name; it is replaced by
--- the view below once empty (an older run must deliver what it holds first).
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'promo' AND tablename = 'kafka_outbox')
-    THEN
-        IF EXISTS (SELECT 1 FROM promo.kafka_outbox) THEN
-            RAISE EXCEPTION 'promo.kafka_outbox (old layout) holds undelivered triggers: %',
-                'run the previous version once to deliver them';
-        END IF;
-        DROP TABLE promo.kafka_outbox;
-    END IF;
-END $$;
-DROP TABLE IF EXISTS promo.trigger_stage;
 -- Pending triggers, one row each, for people and checks.
 CREATE OR REPLACE VIEW promo.kafka_outbox AS
-SELECT f.adv_campaign_id, f.client_id, r.run_id
-FROM promo.kafka_outbox_runs r
+SELECT f.adv_campaign_id, f.client_id, o.run_id, o.slice_id
+FROM promo.trigger_outbox o
 JOIN public.subscribers_feedback f
-  ON f.id BETWEEN r.first_id AND r.last_id AND f.trigger_datetime_created = r.trigger_time;
+  ON f.adv_campaign_id = o.adv_campaign_id
+ AND f.client_id BETWEEN o.client_first AND o.client_last
+ AND f.trigger_datetime_created = o.trigger_time;
 """
 
 

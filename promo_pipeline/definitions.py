@@ -1,6 +1,6 @@
 """The code location: five assets, one job, one sensor, resources from the environment."""
 
-from dagster import Definitions, mem_io_manager
+from dagster import Definitions
 
 from promo_pipeline.assets import ALL_ASSETS
 from promo_pipeline.checks import ALL_CHECKS
@@ -17,5 +17,5 @@ defs = Definitions(
     asset_checks=ALL_CHECKS,
     jobs=[promo_job],
     sensors=[promo_work_sensor],
-    resources={**build_resources(settings), "io_manager": mem_io_manager},
+    resources=build_resources(settings),
 )

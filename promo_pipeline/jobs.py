@@ -4,8 +4,8 @@ from dagster import AssetSelection, define_asset_job, in_process_executor
 
 from promo_pipeline.assets import ALL_ASSETS
 
-# In-process: the DataFrames move between assets in memory (a pickling IO manager cannot
-# hold them) and the run pays for one JVM, not one per step.
+# In-process: the run pays for one Spark session, not one per step. The assets pass nothing in
+# memory (each reads Postgres or the checkpoint), so any of them can be materialized alone.
 promo_job = define_asset_job(
     "promo_job",
     selection=AssetSelection.assets(*ALL_ASSETS),

@@ -39,8 +39,10 @@ class PostgresResource(ConfigurableResource):
         )
 
     @contextmanager
-    def connect(self, *, statement_timeout_ms: int = 0) -> Iterator[psycopg.Connection]:
-        with psycopg.connect(self.conninfo()) as conn:
+    def connect(
+        self, *, statement_timeout_ms: int = 0, autocommit: bool = False
+    ) -> Iterator[psycopg.Connection]:
+        with psycopg.connect(self.conninfo(), autocommit=autocommit) as conn:
             if statement_timeout_ms:
                 conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
             yield conn
@@ -191,10 +193,11 @@ class PipelineLockResource(ConfigurableResource):
 
 
 class StateResource(ConfigurableResource):
-    """Where the Spark checkpoint lives and how big a micro-batch may be."""
+    """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be."""
 
     state_dir: str
     max_offsets_per_trigger: int
+    trigger_slice_rows: int
 
     @property
     def checkpoint_dir(self) -> str:
@@ -252,6 +255,7 @@ KAFKA_ENV = {
 STATE_ENV = {
     "state_dir": "PROMO_STATE_DIR",
     "max_offsets_per_trigger": "PROMO_MAX_OFFSETS_PER_TRIGGER",
+    "trigger_slice_rows": "PROMO_TRIGGER_SLICE_ROWS",
 }
 
 

@@ -1,7 +1,5 @@
 """Every minute: launch the job when there is work, otherwise say why not."""
 
-import time
-
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -47,7 +45,7 @@ def promo_work_sensor(
             f"runs in progress: {run.run_id[:8]} is {run.status.value}; runs never overlap, "
             "the next tick looks again"
         )
-    work = find_work(kafka, postgres, state.checkpoint_dir, int(time.time()))
+    work = find_work(kafka, postgres, state.checkpoint_dir)
     if not work.due:
         return SkipReason("; ".join(work.idle))
     context.log.info("work found: " + "; ".join(work.reasons))

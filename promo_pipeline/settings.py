@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     promo_max_offsets_per_trigger: int = Field(
         100_000, gt=0, description="campaign messages per micro-batch"
     )
+    promo_trigger_slice_rows: int = Field(
+        250_000,
+        gt=0,
+        description="triggers per committed slice of a fan-out (bounds a run's memory)",
+    )
     promo_reject_warn_ratio: float = Field(
         0.1, ge=0, le=1, description="share of rejected input above which a check warns"
     )

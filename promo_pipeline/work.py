@@ -9,22 +9,25 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from promo_pipeline.fanout import NEW_FROM, active_at, db_now
 from promo_pipeline.resources import KafkaResource, PostgresResource
 
 KAFKA_TIMEOUT_S = 10.0
 POSTGRES_TIMEOUT_MS = 20_000
 
-# Any active campaign with a subscriber that has no trigger yet. Covers a held campaign that
-# became due and a subscription added while a campaign runs; stops at the first hit.
-UNTRIGGERED = """
-SELECT c.adv_campaign_id FROM promo.campaigns c
-WHERE c.adv_campaign_datetime_start <= %(now)s AND c.adv_campaign_datetime_end > %(now)s
-  AND EXISTS (
-    SELECT 1 FROM public.subscribers_restaurants s
-    WHERE s.restaurant_id = c.restaurant_id
-      AND NOT EXISTS (
-        SELECT 1 FROM public.subscribers_feedback f
-        WHERE f.adv_campaign_id = c.adv_campaign_id AND f.client_id = s.client_id))
+# Both cost what is new, not what exists: the campaigns whose full fan-out is due (a few rows of
+# promo.campaigns by its window index), and the subscriptions above the lowest watermark of the
+# fanned-out active campaigns (a primary-key range scan) that match one of them.
+FAN_OUT_DUE = f"""
+SELECT adv_campaign_id FROM promo.campaigns
+WHERE {active_at("%(now)s")} AND fanout_through IS NULL
+LIMIT 3
+"""
+NEW_SUBSCRIBERS = f"""
+SELECT DISTINCT c.adv_campaign_id
+FROM public.subscribers_restaurants s
+JOIN promo.campaigns c ON lower(c.restaurant_id) = lower(s.restaurant_id)
+WHERE s.id > %(since)s AND s.id > c.fanout_through AND {active_at("%(now)s", "c")}
 LIMIT 3
 """
 
@@ -87,8 +90,12 @@ class Work:
 
 
 def find_work(
-    kafka: KafkaResource, postgres: PostgresResource, checkpoint_dir: str, now: int
+    kafka: KafkaResource,
+    postgres: PostgresResource,
+    checkpoint_dir: str,
+    now: int | None = None,
 ) -> Work:
+    """What a run would do at `now` (default: the database's clock)."""
     work = Work()
     done = committed_offsets(checkpoint_dir)
     for partition, (low, high) in topic_watermarks(kafka, kafka.input_topic).items():
@@ -100,15 +107,23 @@ def find_work(
     else:
         work.idle.append(f"no new campaign messages ({len(work.lag)} partitions caught up)")
     with postgres.connect(statement_timeout_ms=POSTGRES_TIMEOUT_MS) as conn:
-        unsent = conn.execute("SELECT count(*) FROM promo.kafka_outbox").fetchone()[0]
+        now = db_now(conn) if now is None else now
+        unsent = conn.execute("SELECT coalesce(sum(triggers), 0)::int8 FROM promo.trigger_outbox")
+        unsent = unsent.fetchone()[0]
         if unsent:
             work.reasons.append(f"{unsent} triggers committed to Postgres await Kafka delivery")
-        campaigns = [row[0] for row in conn.execute(UNTRIGGERED, {"now": now})]
-        if campaigns:
-            work.reasons.append(
-                f"active campaigns with subscribers not yet triggered: {', '.join(campaigns)}"
-            )
-        else:
+        fan_out = [row[0] for row in conn.execute(FAN_OUT_DUE, {"now": now})]
+        if fan_out:
+            work.reasons.append(f"active campaigns due for fan-out: {', '.join(fan_out)}")
+        since = conn.execute(NEW_FROM, {"t": now, "w": 2**63 - 1}).fetchone()[0]
+        subscribed = (
+            []
+            if since is None
+            else [row[0] for row in conn.execute(NEW_SUBSCRIBERS, {"now": now, "since": since})]
+        )
+        if subscribed:
+            work.reasons.append(f"new subscribers of active campaigns: {', '.join(subscribed)}")
+        if not (fan_out or subscribed):
             work.idle.append("no active campaign has an untriggered subscriber")
         next_due = conn.execute(NEXT_DUE, {"now": now}).fetchone()[0]
     if next_due is not None:

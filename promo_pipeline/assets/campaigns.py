@@ -30,13 +30,21 @@ log = logging.getLogger(__name__)
 
 STATE_COLUMNS = (*CAMPAIGN_COLUMNS, "kafka_partition", "kafka_offset")
 
+# The fan-out made so far stays valid while the restaurant stays the same (a new window or text
+# changes no pair); a campaign moved to another restaurant is fanned out afresh.
+FANOUT_COLUMNS = ("fanout_through", "fanout_cursor", "fanout_started_at")
+_KEEP_FANOUT = (
+    "CASE WHEN lower(excluded.restaurant_id) = lower(promo.campaigns.restaurant_id) "
+    "THEN promo.campaigns.{name} END"
+)
 # The newest version of each campaign wins; replays of the same message change nothing.
 UPSERT_CAMPAIGNS = f"""
 INSERT INTO promo.campaigns ({", ".join(STATE_COLUMNS)})
 SELECT DISTINCT ON (adv_campaign_id) {", ".join(STATE_COLUMNS)} FROM campaign_in
 ORDER BY adv_campaign_id, datetime_created DESC, kafka_partition DESC, kafka_offset DESC
 ON CONFLICT (adv_campaign_id) DO UPDATE SET
-    {", ".join(f"{name} = excluded.{name}" for name in STATE_COLUMNS[1:])}, updated_at = now()
+    {", ".join(f"{name} = excluded.{name}" for name in STATE_COLUMNS[1:])}, updated_at = now(),
+    {", ".join(f"{name} = {_KEEP_FANOUT.format(name=name)}" for name in FANOUT_COLUMNS)}
 WHERE excluded.datetime_created >= promo.campaigns.datetime_created
 """
 

@@ -1,48 +1,48 @@
-"""The subscriber snapshot: who has which restaurant in favourites, read once per run."""
+"""The subscriber snapshot: the run's window, T and the subscription watermark W."""
 
-import time
-
-from dagster import AssetExecutionContext, Output, asset
-from dagster_pyspark import LazyPySparkResource
-from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from promo_pipeline.assets.campaigns import campaign_batch
-from promo_pipeline.resources import PostgresResource
-
-# Duplicate subscription rows must give one trigger, so they are collapsed at the source. Only
-# restaurants with a campaign that has not ended can get a trigger this run (the run's time T
-# comes later), so the others' subscribers are never read.
-SUBSCRIBERS_QUERY = (
-    "(SELECT DISTINCT s.client_id, s.restaurant_id FROM public.subscribers_restaurants s "
-    "WHERE s.restaurant_id IN (SELECT c.restaurant_id FROM promo.campaigns c "
-    "WHERE c.adv_campaign_datetime_end > {now:d})) subscribers"
-)
-# Read in this many slices, one JDBC connection each, so the Spark cores decode rows in
-# parallel; hashtext() splits by restaurant, so every slice is a distinct set of pairs.
-READ_SLICES = 4
+from promo_pipeline.fanout import record_window
+from promo_pipeline.resources import PipelineLockResource, PostgresResource
 
 
 @asset(
     group_name="promo",
-    kinds={"spark", "postgres"},
+    kinds={"postgres"},
     deps=[campaign_batch],
-    description="Distinct (client_id, restaurant_id) pairs from public.subscribers_restaurants "
-    "of restaurants with a campaign not yet ended, read over JDBC and kept in Spark memory for "
-    "the join.",
+    description="The subscriptions this run covers: public.subscribers_restaurants up to the "
+    "watermark W (its serial id), with the run's trigger time T from the database's clock. "
+    "Nothing is copied: the fan-out reads the table slice by slice.",
 )
 def subscriber_snapshot(
-    context: AssetExecutionContext, spark: LazyPySparkResource, postgres: PostgresResource
-) -> Output[DataFrame]:
-    snapshot = spark.spark_session.read.jdbc(
-        postgres.jdbc_url,
-        SUBSCRIBERS_QUERY.format(now=int(time.time())),
-        predicates=[
-            f"mod(hashtext(restaurant_id)::int8 + 2147483648, {READ_SLICES}) = {i}"
-            for i in range(READ_SLICES)
-        ],
-        properties=postgres.jdbc_properties(fetchsize="10000"),
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    rows = snapshot.count()
-    context.log.info(f"subscriber snapshot: {rows} distinct subscriptions")
-    return Output(snapshot, metadata={"dagster/row_count": rows})
+    context: AssetExecutionContext,
+    pipeline_lock: PipelineLockResource,
+    postgres: PostgresResource,
+) -> MaterializeResult:
+    with postgres.connect(autocommit=True) as conn:
+        previous = conn.execute("SELECT subscriber_watermark FROM promo.trigger_window").fetchone()
+        window = record_window(conn, context.run_id)
+        since = previous[0] if previous else 0
+        new = conn.execute(
+            "SELECT count(*) FROM public.subscribers_restaurants WHERE id > %s AND id <= %s",
+            (since, window.subscriber_watermark),
+        ).fetchone()[0]
+    if not window.settled:
+        context.log.warning(
+            "a transaction that may add subscriptions stayed open for 10 s: the watermark "
+            f"stays at {window.subscriber_watermark} until it ends"
+        )
+    context.log.info(
+        f"subscriber snapshot at T={window.trigger_time}: watermark {window.subscriber_watermark}, "
+        f"{new} subscriptions since the last run's watermark {since}"
+    )
+    return MaterializeResult(
+        metadata={
+            "trigger_time": window.trigger_time,
+            "subscriber_watermark": window.subscriber_watermark,
+            "previous_watermark": since,
+            "new_subscriptions": new,
+            "watermark_settled": window.settled,
+        }
+    )

@@ -1,0 +1,301 @@
+"""The trigger path in Postgres: which pairs are due at T, written slice by slice.
+
+Every (campaign, subscriber) pair is joined, written and identified inside the database, so no
+process ever holds a run's triggers or its subscribers: memory is one slice, whatever the size
+of a restaurant. Each slice is one transaction that writes its triggers to the ledger
+(`ON CONFLICT DO NOTHING` on the pair's unique index), its outbox entry, and the fan-out
+progress it made; a run that dies keeps every committed slice and the next run goes on from
+the saved position.
+
+Work follows what changed, never what exists:
+- a campaign active at T whose full fan-out is not done (new, now due, or in progress) is
+  walked through its restaurant's subscribers in client order, `slice_rows` at a time;
+- a campaign already fanned out only needs the subscriptions added since: the serial
+  `subscribers_restaurants.id` above its `fanout_through` watermark.
+
+Functions take autocommit connections: each slice is its own `conn.transaction()`.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import sql
+
+from promo_pipeline.schema import TRIGGER_COLUMNS
+
+# The one definition of "active at T": started, not yet ended.
+ACTIVE_AT = "{c}adv_campaign_datetime_start <= {t} AND {c}adv_campaign_datetime_end > {t}"
+
+
+def active_at(t: str, alias: str = "") -> str:
+    """`ACTIVE_AT` for table alias `alias` and the SQL expression (or placeholder) `t`."""
+    return ACTIVE_AT.format(c=f"{alias}." if alias else "", t=t)
+
+
+DB_NOW = "SELECT floor(extract(epoch FROM clock_timestamp()))::int8"
+
+_TRIGGER_COLUMNS = ", ".join(TRIGGER_COLUMNS)
+
+
+def _select_fields(client: str) -> str:
+    """A trigger row's columns: the campaign's own fields, the client, and T."""
+    return ", ".join(
+        client
+        if name == "client_id"
+        else "%(t)s::int8"
+        if name == "trigger_datetime_created"
+        else f"c.{name}"
+        for name in TRIGGER_COLUMNS
+    )
+
+
+# One slice of a campaign's full fan-out: the next `rows` distinct subscribers of its
+# restaurant after `after`, in client order (an index-only scan), written unless triggered.
+FULL_SLICE = f"""
+WITH slice AS (
+    SELECT DISTINCT lower(s.client_id) AS client_id
+    FROM public.subscribers_restaurants s
+    WHERE lower(s.restaurant_id) = %(restaurant)s AND lower(s.client_id) > %(after)s
+    ORDER BY 1 LIMIT %(rows)s
+), written AS (
+    INSERT INTO public.subscribers_feedback ({_TRIGGER_COLUMNS})
+    SELECT {_select_fields("slice.client_id")}
+    FROM slice CROSS JOIN promo.campaigns c
+    WHERE c.adv_campaign_id = %(campaign)s
+    ORDER BY slice.client_id
+    ON CONFLICT (adv_campaign_id, client_id) DO NOTHING
+    RETURNING client_id
+)
+SELECT (SELECT count(*) FROM slice), (SELECT max(client_id) FROM slice),
+       (SELECT count(*) FROM written), (SELECT min(client_id) FROM written),
+       (SELECT max(client_id) FROM written)
+"""
+
+# One slice of new subscriptions (ids in (lo, hi]) for every active campaign already fanned
+# out below hi: a primary-key range scan, joined with the active campaigns.
+NEW_SLICE = f"""
+WITH written AS (
+    INSERT INTO public.subscribers_feedback ({_TRIGGER_COLUMNS})
+    SELECT DISTINCT {_select_fields("lower(s.client_id)")}
+    FROM public.subscribers_restaurants s
+    JOIN promo.campaigns c ON lower(c.restaurant_id) = lower(s.restaurant_id)
+    WHERE s.id > %(lo)s AND s.id <= %(hi)s AND s.id > c.fanout_through
+      AND {active_at("%(t)s", "c")}
+    ORDER BY 2, 8
+    ON CONFLICT (adv_campaign_id, client_id) DO NOTHING
+    RETURNING adv_campaign_id, client_id
+)
+SELECT adv_campaign_id, min(client_id), max(client_id), count(*) FROM written GROUP BY 1
+"""
+
+OUTBOX_ENTRY = """
+INSERT INTO promo.trigger_outbox
+    (run_id, adv_campaign_id, client_first, client_last, trigger_time, triggers)
+VALUES (%s, %s, %s, %s, %s, %s)
+"""
+
+# Campaigns due for a full fan-out at T; those not started first, so a huge one in progress
+# never holds back the campaigns that arrived after it.
+DUE_FULL = f"""
+SELECT adv_campaign_id, lower(restaurant_id), coalesce(fanout_cursor, ''), fanout_started_at
+FROM promo.campaigns
+WHERE {active_at("%(t)s")} AND fanout_through IS NULL
+ORDER BY fanout_cursor IS NOT NULL, updated_at, adv_campaign_id
+"""
+
+# The lowest watermark among the fanned-out active campaigns: new subscriptions start above it.
+NEW_FROM = f"""
+SELECT min(fanout_through) FROM promo.campaigns
+WHERE {active_at("%(t)s")} AND fanout_through IS NOT NULL AND fanout_through < %(w)s
+"""
+
+# The ledger rows of one outbox slice as the output messages: key and the seed's JSON, built by
+# Postgres from the stored row (row_to_json keeps the column order and writes it compactly), so
+# a first send and any resend are the same bytes.
+_MESSAGE_FIELDS = ", ".join("f." + name for name in TRIGGER_COLUMNS)
+SLICE_MESSAGES = f"""
+COPY (
+    SELECT f.client_id, row_to_json(m)::text
+    FROM public.subscribers_feedback f, LATERAL (SELECT {_MESSAGE_FIELDS}) m
+    WHERE f.adv_campaign_id = {{campaign}} AND f.client_id BETWEEN {{first}} AND {{last}}
+      AND f.trigger_datetime_created = {{t}}
+    ORDER BY f.client_id
+) TO STDOUT (FORMAT csv)
+"""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A run's trigger time T (the database's clock, shared by every host) and the
+    subscriber watermark W: subscriptions with an id up to W are part of this run."""
+
+    run_id: str
+    trigger_time: int
+    subscriber_watermark: int
+    settled: bool = True
+
+
+def db_now(conn: psycopg.Connection) -> int:
+    """Seconds since the epoch by the database's clock: one clock for every host."""
+    return int(conn.execute(DB_NOW).fetchone()[0])
+
+
+def settled_watermark(conn: psycopg.Connection, timeout_s: float = 10.0) -> tuple[int, bool]:
+    """The highest subscription id, once every writer that may hold a lower one has ended.
+
+    A serial id is taken before its row commits: a transaction still open when max(id) is read
+    may commit a lower id later, and a watermark past it would skip that subscriber for ever.
+    Returns (W, settled); not settled means a writer stayed open past `timeout_s`.
+    """
+    snapshot, watermark = conn.execute(
+        "SELECT pg_current_snapshot()::text, "
+        "coalesce((SELECT max(id) FROM public.subscribers_restaurants), 0)"
+    ).fetchone()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        open_writers = conn.execute(
+            "SELECT count(*) FROM pg_snapshot_xip(%s::pg_snapshot) x "
+            "WHERE pg_xact_status(x) = 'in progress'",
+            (snapshot,),
+        ).fetchone()[0]
+        if not open_writers:
+            return int(watermark), True
+        if time.monotonic() > deadline:
+            return int(watermark), False
+        time.sleep(0.1)
+
+
+def record_window(conn: psycopg.Connection, run_id: str) -> Window:
+    """Take T and W now and store them as the current run's window. While a writer is still
+    open W stays where the last run left it: later is safe, skipping a subscriber is not."""
+    watermark, settled = settled_watermark(conn)
+    if not settled:
+        previous = conn.execute("SELECT subscriber_watermark FROM promo.trigger_window").fetchone()
+        watermark = min(watermark, previous[0]) if previous else 0
+    now = db_now(conn)
+    conn.execute(
+        "INSERT INTO promo.trigger_window (run_id, trigger_time, subscriber_watermark) "
+        "VALUES (%s, %s, %s) ON CONFLICT (singleton) DO UPDATE SET run_id = excluded.run_id, "
+        "trigger_time = excluded.trigger_time, "
+        "subscriber_watermark = excluded.subscriber_watermark, recorded_at = now()",
+        (run_id, now, watermark),
+    )
+    return Window(run_id, now, watermark, settled)
+
+
+def run_window(conn: psycopg.Connection, run_id: str) -> Window:
+    """This run's stored window; an asset materialized on its own takes a fresh one."""
+    row = conn.execute(
+        "SELECT trigger_time, subscriber_watermark FROM promo.trigger_window WHERE run_id = %s",
+        (run_id,),
+    ).fetchone()
+    return Window(run_id, *row) if row else record_window(conn, run_id)
+
+
+@dataclass
+class SliceResult:
+    """What one committed slice wrote: triggers per campaign."""
+
+    per_campaign: dict[str, int]
+
+
+def _outbox(
+    conn: psycopg.Connection, window: Window, campaign: str, first: str, last: str, count: int
+) -> None:
+    conn.execute(OUTBOX_ENTRY, (window.run_id, campaign, first, last, window.trigger_time, count))
+
+
+def new_subscription_slices(
+    conn: psycopg.Connection, window: Window, slice_rows: int
+) -> Iterator[SliceResult]:
+    """Triggers for subscriptions added since each fanned-out campaign's watermark, a slice of
+    `slice_rows` ids at a time, each slice committed with its outbox entries."""
+    params = {"t": window.trigger_time, "w": window.subscriber_watermark}
+    lo = conn.execute(NEW_FROM, params).fetchone()[0]
+    while lo is not None and lo < window.subscriber_watermark:
+        hi = min(lo + slice_rows, window.subscriber_watermark)
+        with conn.transaction():
+            written = conn.execute(NEW_SLICE, {**params, "lo": lo, "hi": hi}).fetchall()
+            for campaign, first, last, count in written:
+                _outbox(conn, window, campaign, first, last, count)
+            conn.execute(
+                "UPDATE promo.campaigns SET fanout_through = %(hi)s "
+                f"WHERE {active_at('%(t)s')} AND fanout_through < %(hi)s",
+                {**params, "hi": hi},
+            )
+        yield SliceResult({row[0]: row[3] for row in written})
+        lo = hi
+
+
+def full_fanout_slices(
+    conn: psycopg.Connection, window: Window, slice_rows: int
+) -> Iterator[SliceResult]:
+    """Every due campaign's full fan-out, `slice_rows` subscribers per committed slice; the
+    campaign's cursor moves with each slice, so a new run resumes where this one stopped."""
+    due = conn.execute(DUE_FULL, {"t": window.trigger_time}).fetchall()
+    for campaign, restaurant, after, started_at in due:
+        # Subscriptions up to W are covered by this walk; later ones by the new-subscription
+        # step, from the watermark this campaign takes when its walk ends.
+        started_at = window.subscriber_watermark if started_at is None else started_at
+        while True:
+            with conn.transaction():
+                seen, last_seen, count, first, last = conn.execute(
+                    FULL_SLICE,
+                    {
+                        "restaurant": restaurant,
+                        "after": after,
+                        "rows": slice_rows,
+                        "campaign": campaign,
+                        "t": window.trigger_time,
+                    },
+                ).fetchone()
+                if count:
+                    _outbox(conn, window, campaign, first, last, count)
+                done = seen < slice_rows
+                conn.execute(
+                    "UPDATE promo.campaigns SET fanout_cursor = %s, fanout_started_at = %s, "
+                    "fanout_through = %s WHERE adv_campaign_id = %s",
+                    (
+                        None if done else last_seen,
+                        None if done else started_at,
+                        started_at if done else None,
+                        campaign,
+                    ),
+                )
+            yield SliceResult({campaign: count})
+            if done:
+                break
+            after = last_seen
+
+
+def slice_messages(
+    conn: psycopg.Connection, campaign: str, first: str, last: str, t: int
+) -> pa.Table:
+    """One outbox slice's messages (key, value), read back from the ledger."""
+    query = sql.SQL(SLICE_MESSAGES).format(
+        campaign=sql.Literal(campaign),
+        first=sql.Literal(first),
+        last=sql.Literal(last),
+        t=sql.Literal(t),
+    )
+    buffer = io.BytesIO()
+    with conn.cursor().copy(query) as copy:
+        for data in copy:
+            buffer.write(data)
+    buffer.seek(0)
+    if not buffer.getbuffer().nbytes:
+        return pa.table({"key": pa.array([], pa.binary()), "value": pa.array([], pa.binary())})
+    return pacsv.read_csv(
+        buffer,
+        read_options=pacsv.ReadOptions(column_names=["key", "value"]),
+        convert_options=pacsv.ConvertOptions(
+            column_types={"key": pa.binary(), "value": pa.binary()}, strings_can_be_null=False
+        ),
+    )
