@@ -1,0 +1,125 @@
+"""The trigger path at scale, in small: slices, work that follows the change, and progress that
+survives a killed run. The slice size is set small so a handful of subscribers spans slices."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from promo_pipeline.resources import kafka_resource, postgres_resource
+from promo_pipeline.work import find_work
+from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
+from promo_pipeline_tests.faults import ChildRun, check_recovered
+
+pytestmark = [pytest.mark.stack, pytest.mark.spark]
+
+
+def metric(summary: str, asset: str, key: str) -> int:
+    """A number from the `promo run` summary line of `asset`."""
+    line = next(line for line in summary.splitlines() if line.strip().startswith(f"{asset} "))
+    found = re.search(rf"\b{key} (\d+)", line)
+    assert found, f"{key} not in {line!r}"
+    return int(found.group(1))
+
+
+def test_fan_out_spans_slices_and_matches_subscribers_in_any_case(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMO_TRIGGER_SLICE_ROWS", "3")
+    active = campaign()
+    restaurant = active["restaurant_id"]
+    clients = [new_uuid() for _ in range(10)]
+    shouting = new_uuid()
+    pipeline.subscribe(
+        *[(client, restaurant) for client in clients],
+        (clients[0], restaurant),  # a duplicate subscription row: still one trigger
+        (shouting.upper(), restaurant.upper()),  # UUIDs compare case-insensitively
+    )
+    pipeline.publish(active)
+    summary = pipeline.run_ok()
+
+    expected = {(active["adv_campaign_id"], client) for client in [*clients, shouting]}
+    assert pipeline.pairs() == expected
+    assert metric(summary, "feedback_sink", "slices") == 4  # 11 subscribers, 3 per slice
+    assert metric(summary, "push_sink", "slices") == 4
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems
+    assert recovery.duplicates == 0
+
+
+def test_run_after_one_new_subscription_reads_only_it(pipeline: Pipeline) -> None:
+    active = campaign()
+    pipeline.subscribe(*[(new_uuid(), active["restaurant_id"]) for _ in range(5)])
+    pipeline.publish(active)
+    pipeline.run_ok()
+    kafka = kafka_resource(pipeline.settings)
+    postgres = postgres_resource(pipeline.settings)
+    checkpoint = str(pipeline.settings.promo_state_dir / "checkpoints" / "campaigns")
+    assert not find_work(kafka, postgres, checkpoint).due
+
+    # A subscription to a restaurant with no campaign is no work; one to the campaign's is.
+    pipeline.subscribe((new_uuid(), new_uuid()))
+    assert not find_work(kafka, postgres, checkpoint).due
+    newcomer = new_uuid()
+    pipeline.subscribe((newcomer, active["restaurant_id"]))
+    work = find_work(kafka, postgres, checkpoint)
+    assert work.reasons == [f"new subscribers of active campaigns: {active['adv_campaign_id']}"]
+
+    summary = pipeline.run_ok()
+    assert metric(summary, "subscriber_snapshot", "new_subscriptions") == 2
+    assert metric(summary, "triggers", "campaigns_to_fan_out") == 0
+    assert metric(summary, "triggers", "new_subscription_ids") == 2
+    assert metric(summary, "feedback_sink", "rows_written") == 1
+    assert metric(summary, "push_sink", "sent_this_run") == 1
+    assert (active["adv_campaign_id"], newcomer) in pipeline.pairs()
+    assert len(pipeline.pairs()) == 6
+
+    summary = pipeline.run_ok()
+    assert metric(summary, "triggers", "new_subscription_ids") == 0
+    assert metric(summary, "feedback_sink", "rows_written") == 0
+
+
+@pytest.mark.timeout(900)
+def test_run_killed_between_slices_keeps_them_and_the_next_run_goes_on(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    big, small = campaign(), campaign()
+    big_clients = [new_uuid() for _ in range(7)]
+    pipeline.subscribe(*[(client, big["restaurant_id"]) for client in big_clients])
+    pipeline.subscribe((new_uuid(), small["restaurant_id"]))
+    pipeline.publish(big)
+    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2"}
+    killed = ChildRun(
+        env, tmp_path / "killed.log", fault_at="feedback_sink.slice", fault_dir=tmp_path / "f"
+    )
+    try:
+        killed.wait_reached()
+        killed.kill()
+    finally:
+        killed.stop()
+    # The first slice (2 of the big campaign's 7) is committed with its outbox entry.
+    assert len(pipeline.pairs()) == 2
+    assert pipeline.sql("SELECT count(*) FROM promo.kafka_outbox") == [(2,)]
+    assert pipeline.sql("SELECT fanout_cursor IS NOT NULL FROM promo.campaigns") == [(True,)]
+
+    # A campaign that arrives meanwhile is fanned out before the one in progress resumes.
+    pipeline.publish(small)
+    follower = ChildRun(env, tmp_path / "next.log")
+    assert follower.wait() == 0, follower.output[-3000:]
+    expected = {(big["adv_campaign_id"], c) for c in big_clients} | {
+        (small["adv_campaign_id"], c) for _, c in pipeline.sql(
+            "SELECT restaurant_id, client_id FROM public.subscribers_restaurants "
+            "WHERE restaurant_id = %s", (small["restaurant_id"],)
+        )
+    }  # fmt: skip
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems
+    assert recovery.duplicates == 0
+    first_written = pipeline.sql(
+        "SELECT adv_campaign_id FROM public.subscribers_feedback "
+        "WHERE trigger_datetime_created = (SELECT max(trigger_datetime_created) "
+        "FROM public.subscribers_feedback) ORDER BY id LIMIT 1"
+    )
+    assert first_written == [(small["adv_campaign_id"],)]
