@@ -1,0 +1,220 @@
+"""Fan-out benchmark: one campaign of one restaurant with 1M, 3M and 10M subscribers, beside
+10M unrelated subscriptions, then the steady state at the largest size (one new subscription).
+
+Each run is `promo_job` in a fresh process on a warm Spark Connect server, as the sensor
+launches it. Printed per size: wall time, peak RSS of the run's process tree plus the Connect
+server's, triggers/s, and both sinks verified. Then the steady state: the sensor's check and
+the run that follows one new subscription. Results: bench/results/fanout.json and fanout.png.
+
+    .venv/bin/python bench/fanout.py [--sizes 1000000,3000000,10000000] [--unrelated 10000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark as bm
+
+from promo_pipeline.db import conninfo, init_db
+from promo_pipeline.resources import kafka_resource, postgres_resource
+from promo_pipeline.topics import ensure_topics
+from promo_pipeline.work import find_work
+
+RESTAURANT = "0f0f0f0f-0000-4000-8000-000000000001"
+TEMPLATE = "bench_fanout_template"
+CAMPAIGN = {
+    **bm.data_campaign(RESTAURANT),
+    "adv_campaign_id": "0f0f0f0f-0000-4000-8000-00000000c001",
+}
+
+
+def build_template(base: dict[str, str], unrelated: int) -> float:
+    """A database holding `unrelated` subscriptions of 100k other restaurants, copied per size."""
+    slot = bm.Slot(base, TEMPLATE, Path(tempfile.mkdtemp()))
+    admin_info = conninfo(slot.settings, dbname=base["POSTGRES_DB"])
+    started = time.monotonic()
+    with psycopg.connect(admin_info, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    init_db(slot.settings)
+    with psycopg.connect(conninfo(slot.settings), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO public.subscribers_restaurants (client_id, restaurant_id) "
+            "SELECT gen_random_uuid()::text, md5((g %% 100000)::text)::uuid::text "
+            "FROM generate_series(1, %s) g",
+            (unrelated,),
+        )
+        conn.execute("VACUUM ANALYZE public.subscribers_restaurants")
+    return time.monotonic() - started
+
+
+def prepare(base: dict[str, str], work: Path, subscribers: int) -> bm.Slot:
+    name = f"bench_fanout_{subscribers}"
+    slot = bm.Slot(base, name, work / name)
+    with psycopg.connect(
+        conninfo(slot.settings, dbname=base["POSTGRES_DB"]), autocommit=True
+    ) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+    with psycopg.connect(conninfo(slot.settings), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO public.subscribers_restaurants (client_id, restaurant_id) "
+            "SELECT gen_random_uuid()::text, %s FROM generate_series(1, %s)",
+            (RESTAURANT, subscribers),
+        )
+        conn.execute("VACUUM ANALYZE public.subscribers_restaurants")
+    ensure_topics(kafka_resource(slot.settings))
+    producer = bm.Producer({"bootstrap.servers": slot.settings.kafka_bootstrap_servers})
+    producer.produce(slot.settings.promo_input_topic, json.dumps(CAMPAIGN))
+    assert producer.flush(30) == 0
+    slot.state_dir.mkdir(parents=True, exist_ok=True)
+    return slot
+
+
+def run(slot: bm.Slot, work: Path, label: str) -> dict[str, Any]:
+    env = {**slot.env, "SPARK_MASTER": bm.CONNECT["url"]}
+    args = [bm.PYTHON, str(Path(bm.__file__).resolve()), "--child", "promo"]
+    wall, peak, report = bm.run_child(args, env, work / f"{label}.log", int(bm.CONNECT["pid"]))
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20), **report}
+
+
+def tick(slot: bm.Slot) -> tuple[float, list[str]]:
+    """The sensor's check, timed as one tick makes it."""
+    settings = slot.settings
+    checkpoint = str(Path(settings.promo_state_dir) / "checkpoints" / "campaigns")
+    started = time.monotonic()
+    work = find_work(kafka_resource(settings), postgres_resource(settings), checkpoint)
+    return time.monotonic() - started, work.reasons
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="1000000,3000000,10000000")
+    parser.add_argument("--unrelated", type=int, default=10_000_000)
+    parser.add_argument(
+        "--stack-dir", default=os.environ.get("PROMO_BENCH_STACK", "/tmp/promo-bench-stack")
+    )
+    parser.add_argument("--name", default="fanout")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+
+    from promo_pipeline.stack import LocalStack
+
+    stack = LocalStack(Path(args.stack_dir), spark="local")
+    base = {k: v for k, v in stack.up().items() if not k.startswith("DAGSTER_")}
+    work = Path(tempfile.mkdtemp(prefix="promo-fanout-"))
+    meta: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpus": os.cpu_count(),
+        "load_before": bm.load_average(),
+        "unrelated_subscriptions": args.unrelated,
+    }
+    server = bm.start_connect(base, work, meta)
+    rows: list[dict[str, Any]] = []
+    steady: dict[str, Any] = {}
+    try:
+        meta["template_s"] = round(build_template(base, args.unrelated), 1)
+        # The Connect server's first streaming query pays its warm-up: not part of a size.
+        warmup = prepare(base, work, 1000)
+        run(warmup, work, "warmup")
+        bm.drop(warmup)
+        for size in sizes:
+            slot = prepare(base, work, size)
+            result = run(slot, work, f"fanout_{size}")
+            verified = bm.verify(slot, size)
+            rows.append(
+                {
+                    "subscribers": size,
+                    "wall_s": result["wall_s"],
+                    "peak_rss_mb": result["peak_rss_mb"],
+                    "triggers_per_s": round(size / result["wall_s"]),
+                    "stages": {k: round(v, 2) for k, v in result["stages"].items()},
+                    **verified,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+            if size == max(sizes):
+                idle_s, idle_reasons = tick(slot)
+                with psycopg.connect(conninfo(slot.settings), autocommit=True) as conn:
+                    conn.execute(
+                        "INSERT INTO public.subscribers_restaurants (client_id, restaurant_id) "
+                        "VALUES (gen_random_uuid()::text, %s)",
+                        (RESTAURANT,),
+                    )
+                tick_s, reasons = tick(slot)
+                result = run(slot, work, "steady")
+                steady = {
+                    "triggered_pairs": size,
+                    "tick_idle_s": round(idle_s, 3),
+                    "tick_idle_reasons": idle_reasons,
+                    "tick_s": round(tick_s, 3),
+                    "tick_reasons": reasons,
+                    "run_wall_s": result["wall_s"],
+                    "run_peak_rss_mb": result["peak_rss_mb"],
+                    "run_stages": {k: round(v, 2) for k, v in result["stages"].items()},
+                    **bm.verify(slot, size + 1),
+                }
+                print(json.dumps(steady), flush=True)
+            bm.drop(slot)
+    finally:
+        server.stop()
+    meta["load_after"] = bm.load_average()
+    summary = {"meta": meta, "fanout": rows, "steady_state": steady}
+    bm.RESULTS.mkdir(parents=True, exist_ok=True)
+    (bm.RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print_table(rows, steady)
+    chart(rows, bm.RESULTS / f"{args.name}.png")
+
+
+def print_table(rows: list[dict[str, Any]], steady: dict[str, Any]) -> None:
+    print(f"\n{'subscribers':>12} {'wall s':>8} {'peak RSS MB':>12} {'trig/s':>9} {'ok':>4}")
+    for row in rows:
+        print(
+            f"{row['subscribers']:>12,} {row['wall_s']:>8.1f} {row['peak_rss_mb']:>12,} "
+            f"{row['triggers_per_s']:>9,} {'yes' if row['ok'] else 'NO':>4}"
+        )
+    if rows:
+        first, last = rows[0], rows[-1]
+        print(
+            f"\n{last['subscribers']:,} vs {first['subscribers']:,}: time x"
+            f"{last['wall_s'] / first['wall_s']:.2f}, peak RSS x"
+            f"{last['peak_rss_mb'] / first['peak_rss_mb']:.2f}"
+        )
+    if steady:
+        print(
+            f"steady state at {steady['triggered_pairs']:,} triggered: one new subscription, "
+            f"tick {steady['tick_s']:.3f} s (idle tick {steady['tick_idle_s']:.3f} s), run "
+            f"{steady['run_wall_s']:.1f} s, ok {steady['ok']}"
+        )
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [row["subscribers"] / 1e6 for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(sizes, [row["wall_s"] for row in rows], "o-")
+    left.set(xlabel="subscribers of the campaign (M)", ylabel="run wall time (s)")
+    right.plot(sizes, [row["peak_rss_mb"] for row in rows], "o-", color="tab:red")
+    right.set(xlabel="subscribers of the campaign (M)", ylabel="peak RSS, run + Spark (MB)")
+    right.set_ylim(bottom=0)
+    fig.suptitle("promo_pipeline fan-out of one campaign (beside 10M unrelated subscriptions)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
