@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException
@@ -192,6 +194,61 @@ class PipelineLockResource(ConfigurableResource):
             self._conn = None
 
 
+class SparkResource(LazyPySparkResource):
+    """Spark, started on first use.
+
+    Against a Spark Connect server, pyspark's client retries a lost server for about ten
+    minutes; here a server that is unreachable, or dies mid-run, fails the run within a minute,
+    in one line that names the endpoint and the server's log.
+    """
+
+    connect_log: str = ""
+
+    @property
+    def remote(self) -> str:
+        return str(self.spark_config.get("spark.remote", ""))
+
+    def _init_session(self) -> None:
+        if self._spark_session is None and self.remote:
+            self.check_reachable()
+            super()._init_session()
+            from pyspark.sql.connect.client.retries import DefaultPolicy
+
+            # About 15 s of retries (0.5 + 1 + 2 + 4 + 8): a restart blip, not a dead server.
+            self._spark_session.client.set_retry_policies(
+                [DefaultPolicy(max_retries=5, initial_backoff=500, backoff_multiplier=2.0,
+                               max_backoff=8000)]
+            )  # fmt: skip
+        super()._init_session()
+
+    def lost(self, detail: str) -> Failure:
+        where = self.connect_log or "the server's log"
+        return Failure(
+            f"Spark Connect server at {self.remote} {detail}; see {where} "
+            "(`promo stack up` restarts the local one)"
+        )
+
+    def check_reachable(self, timeout: float = 5.0) -> None:
+        """Raise the one-line failure unless the Connect endpoint accepts a connection."""
+        parsed = urlsplit(self.remote.replace("sc://", "http://", 1))
+        try:
+            socket.create_connection((parsed.hostname, parsed.port or 15002), timeout).close()
+        except OSError as error:
+            raise self.lost(f"does not answer ({error.strerror or error})") from None
+
+    @contextmanager
+    def failing_fast(self) -> Iterator[None]:
+        """Turn any error raised while the Connect server is gone into the one-line failure."""
+        try:
+            yield
+        except Failure:
+            raise
+        except Exception:
+            if self.remote:
+                self.check_reachable()
+            raise
+
+
 class StateResource(ConfigurableResource):
     """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be."""
 
@@ -290,5 +347,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "kafka": kafka_resource(),
         "state": state_resource(),
         "pipeline_lock": PipelineLockResource(postgres=postgres),
-        "spark": LazyPySparkResource(spark_config=spark_config(settings)),
+        "spark": SparkResource(
+            spark_config=spark_config(settings), connect_log=settings.promo_spark_connect_log
+        ),
     }

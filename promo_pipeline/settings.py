@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         description="Spark master URL (local[n], spark://host:port, yarn, k8s://...), "
         "or sc://host:port to run through a Spark Connect server",
     )
+    promo_spark_connect_log: str = Field(
+        "", description="where the Spark Connect server logs (named when it cannot be reached)"
+    )
     promo_spark_jars: str = Field(
         "", description="comma-separated connector jars; empty: resolved from Maven once"
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ EXPECTED_KEYS = [
     "POSTGRES_PASSWORD",
     "PROMO_STATE_DIR",
     "PROMO_SPARK_JARS",
+    "PROMO_SPARK_CONNECT_LOG",
     "SPARK_MASTER",
     "DAGSTER_HOME",
     "DAGSTER_PG_DB",
@@ -180,6 +183,37 @@ def test_demo_runs_on_the_stacks_spark_connect_server(
     assert shown and int(shown.group(1)) > 0, demo.stdout
     # The run's Kafka read, joins and Arrow collect ran as jobs inside the server.
     assert _spark_jobs(stack) > jobs_before
+
+
+def test_dead_connect_server_fails_the_run_in_one_line_and_up_restarts_it(
+    stack: LocalStack, env: dict[str, str]
+) -> None:
+    connect = stack.spark_connect()
+    os.kill(connect.pid(), signal.SIGKILL)
+    assert wait_until(lambda: not connect.is_running(), 30)
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(tuple(EXPECTED_KEYS))}
+    started = time.monotonic()
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("promo")), "run"],
+        env={**clean, "PROMO_STACK_DIR": str(stack.dir)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    seconds = time.monotonic() - started
+    assert run.returncode != 0
+    assert seconds < 60, f"the run took {seconds:.0f} s to fail"
+    expected = (
+        f"Spark Connect server at {connect.url} does not answer (Connection refused); "
+        f"see {connect.log_file}"
+    )
+    [line] = [line for line in run.stdout.splitlines() if "FAILED" in line]
+    assert expected in line, run.stdout[-3000:]
+
+    # `promo stack up` starts the dead server again (and leaves the rest as it is).
+    assert stack.up() == env
+    assert connect.is_running()
 
 
 def test_down_then_up_keeps_data(stack: LocalStack, env: dict[str, str]) -> None:

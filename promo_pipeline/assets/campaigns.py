@@ -11,7 +11,6 @@ from typing import Any, Self
 import psycopg
 from confluent_kafka import KafkaException, Producer
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
-from dagster_pyspark import LazyPySparkResource
 from psycopg.types.json import Jsonb
 from pyspark.sql import DataFrame
 
@@ -20,6 +19,7 @@ from promo_pipeline.resources import (
     KafkaResource,
     PipelineLockResource,
     PostgresResource,
+    SparkResource,
     StateResource,
 )
 from promo_pipeline.schema import CAMPAIGN_COLUMNS, Campaign, Rejection, parse_campaign
@@ -254,7 +254,7 @@ def campaign_windows(
 def campaign_batch(
     context: AssetExecutionContext,
     pipeline_lock: PipelineLockResource,
-    spark: LazyPySparkResource,
+    spark: SparkResource,
     kafka: KafkaResource,
     postgres: PostgresResource,
     state: StateResource,
@@ -269,22 +269,23 @@ def campaign_batch(
         run_id=context.run_id,
     )
     before = committed_offsets(state.checkpoint_dir)
-    query = (
-        spark.spark_session.readStream.format("kafka")
-        .options(**kafka.spark_options())
-        .option("subscribe", kafka.input_topic)
-        .option("startingOffsets", "earliest")
-        .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
-        .load()
-        .writeStream.queryName("campaign_batch")
-        .foreachBatch(partial(ingest_batch, target=target))
-        .option("checkpointLocation", state.checkpoint_dir)
-        .trigger(availableNow=True)
-        .start()
-    )
-    query.awaitTermination()
-    if query.exception() is not None:
-        raise query.exception()
+    with spark.failing_fast():
+        query = (
+            spark.spark_session.readStream.format("kafka")
+            .options(**kafka.spark_options())
+            .option("subscribe", kafka.input_topic)
+            .option("startingOffsets", "earliest")
+            .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
+            .load()
+            .writeStream.queryName("campaign_batch")
+            .foreachBatch(partial(ingest_batch, target=target))
+            .option("checkpointLocation", state.checkpoint_dir)
+            .trigger(availableNow=True)
+            .start()
+        )
+        query.awaitTermination()
+        if query.exception() is not None:
+            raise query.exception()
     progress = [json.loads(p.json) for p in query.recentProgress]
     for report in progress:
         if report.get("numInputRows"):

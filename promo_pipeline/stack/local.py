@@ -157,6 +157,9 @@ class LocalStack:
             "POSTGRES_PASSWORD": config["postgres_password"],
             "PROMO_STATE_DIR": str(self.state_dir),
             "PROMO_SPARK_JARS": ",".join(str(j) for j in jars),
+            "PROMO_SPARK_CONNECT_LOG": (
+                str(self._spark_connect(config).log_file) if self.spark == "connect" else ""
+            ),
             "SPARK_MASTER": (
                 f"sc://127.0.0.1:{config['spark_connect_port']}"
                 if self.spark == "connect"
