@@ -18,15 +18,11 @@ Functions take autocommit connections: each slice is its own `conn.transaction()
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
-import pyarrow as pa
-import pyarrow.csv as pacsv
-from psycopg import sql
 
 from promo_pipeline.schema import TRIGGER_COLUMNS
 
@@ -116,19 +112,20 @@ SELECT min(fanout_through) FROM promo.campaigns
 WHERE {active_at("%(t)s")} AND fanout_through IS NOT NULL AND fanout_through < %(w)s
 """
 
-# The ledger rows of one outbox slice as the output messages: key and the seed's JSON, built by
-# Postgres from the stored row (row_to_json keeps the column order and writes it compactly), so
-# a first send and any resend are the same bytes.
+# The output messages of the outbox slices, read back from the ledger: the key and the seed's
+# JSON, built by Postgres from the stored row (row_to_json keeps the column order and writes
+# it compactly), so a first send and any resend are the same bytes. A JDBC "table": readers
+# add `WHERE slice_id = ...`, which Postgres pushes down to the outbox's primary key.
 _MESSAGE_FIELDS = ", ".join("f." + name for name in TRIGGER_COLUMNS)
-SLICE_MESSAGES = f"""
-COPY (
-    SELECT f.client_id, row_to_json(m)::text
-    FROM public.subscribers_feedback f, LATERAL (SELECT {_MESSAGE_FIELDS}) m
-    WHERE f.adv_campaign_id = {{campaign}} AND f.client_id BETWEEN {{first}} AND {{last}}
-      AND f.trigger_datetime_created = {{t}}
-    ORDER BY f.client_id
-) TO STDOUT (FORMAT csv)
-"""
+OUTBOX_MESSAGES = f"""(
+    SELECT o.slice_id, f.client_id AS key, row_to_json(m)::text AS value
+    FROM promo.trigger_outbox o
+    JOIN public.subscribers_feedback f
+      ON f.adv_campaign_id = o.adv_campaign_id
+     AND f.client_id BETWEEN o.client_first AND o.client_last
+     AND f.trigger_datetime_created = o.trigger_time,
+    LATERAL (SELECT {_MESSAGE_FIELDS}) m
+) outbox_messages"""
 
 
 @dataclass(frozen=True)
@@ -273,29 +270,3 @@ def full_fanout_slices(
             if done:
                 break
             after = last_seen
-
-
-def slice_messages(
-    conn: psycopg.Connection, campaign: str, first: str, last: str, t: int
-) -> pa.Table:
-    """One outbox slice's messages (key, value), read back from the ledger."""
-    query = sql.SQL(SLICE_MESSAGES).format(
-        campaign=sql.Literal(campaign),
-        first=sql.Literal(first),
-        last=sql.Literal(last),
-        t=sql.Literal(t),
-    )
-    buffer = io.BytesIO()
-    with conn.cursor().copy(query) as copy:
-        for data in copy:
-            buffer.write(data)
-    buffer.seek(0)
-    if not buffer.getbuffer().nbytes:
-        return pa.table({"key": pa.array([], pa.binary()), "value": pa.array([], pa.binary())})
-    return pacsv.read_csv(
-        buffer,
-        read_options=pacsv.ReadOptions(column_names=["key", "value"]),
-        convert_options=pacsv.ConvertOptions(
-            column_types={"key": pa.binary(), "value": pa.binary()}, strings_can_be_null=False
-        ),
-    )

@@ -128,6 +128,13 @@ class KafkaResource(ConfigurableResource):
         shown = "; ".join(dict.fromkeys(e.str() for e in errors)) or last
         raise Failure(f"{where} did not answer within {timeout:.0f} s: {shown}")
 
+    def check_topic(self, topic: str, timeout: float = 15.0) -> None:
+        """Fail in one line when `topic` does not exist (a writer would auto-create it)."""
+        admin = AdminClient(self.client_config())
+        metadata = admin.list_topics(topic, timeout=timeout).topics[topic]
+        if metadata.error is not None and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise Failure(f"topic {topic} does not exist on {self.bootstrap_servers}")
+
     def spark_options(self) -> dict[str, str]:
         """The same settings as options of Spark's Kafka source and sink."""
         options = {

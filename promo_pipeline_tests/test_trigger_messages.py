@@ -1,10 +1,10 @@
-"""The output message as Postgres builds it from a ledger row (fresh sends and resends alike)."""
+"""The output message as Postgres builds it from a ledger row (first sends and resends alike)."""
 
 import json
 
 import pytest
 
-from promo_pipeline.fanout import slice_messages
+from promo_pipeline.fanout import OUTBOX_MESSAGES
 from promo_pipeline.schema import TRIGGER_COLUMNS
 from promo_pipeline_tests.conftest import Pipeline, new_uuid
 
@@ -21,17 +21,12 @@ ODD_TEXT = [
     'both "\\',
     "comma, and \r\n CRLF",
 ]
+T = 1795600000
 
 
-def test_message_is_compact_json_in_seed_order_for_odd_text(pipeline: Pipeline) -> None:
-    campaign_id = new_uuid()
-    rows = []
-    for i, text in enumerate(ODD_TEXT):
-        row = {
-            name: (1795600000 + i if "datetime" in name else f"{text}{i}")
-            for name in TRIGGER_COLUMNS
-        }
-        rows.append(row | {"adv_campaign_id": campaign_id, "client_id": f"{i:02d}-{new_uuid()}"})
+def outbox_slice(pipeline: Pipeline, rows: list[dict[str, object]], first: str, last: str) -> int:
+    """`rows` in the ledger at time T, and one outbox entry naming [first, last] of them."""
+    campaign_id = rows[0]["adv_campaign_id"]
     with pipeline.connect() as conn:
         with conn.cursor() as cursor:
             cursor.executemany(
@@ -39,19 +34,50 @@ def test_message_is_compact_json_in_seed_order_for_odd_text(pipeline: Pipeline) 
                 f"VALUES ({', '.join(['%s'] * len(TRIGGER_COLUMNS))})",
                 [tuple(r[name] for name in TRIGGER_COLUMNS) for r in rows],
             )
-        # One trigger time per slice: give all rows the same one.
-        conn.execute("UPDATE public.subscribers_feedback SET trigger_datetime_created = 1795600000")
-        messages = slice_messages(conn, campaign_id, "", "~", 1795600000)
-    expected = [r | {"trigger_datetime_created": 1795600000} for r in rows]
-    assert messages.column("key").to_pylist() == [r["client_id"].encode() for r in expected]
-    assert messages.column("value").to_pylist() == [
-        json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() for r in expected
+        return conn.execute(
+            "INSERT INTO promo.trigger_outbox (run_id, adv_campaign_id, client_first, "
+            "client_last, trigger_time, triggers) VALUES ('test', %s, %s, %s, %s, %s) "
+            "RETURNING slice_id",
+            (campaign_id, first, last, T, len(rows)),
+        ).fetchone()[0]
+
+
+def messages(pipeline: Pipeline, slice_id: int) -> list[tuple[bytes, bytes]]:
+    return [
+        (key.encode(), value.encode())
+        for key, value in pipeline.sql(
+            f"SELECT key, value FROM {OUTBOX_MESSAGES} WHERE slice_id = %s ORDER BY key",
+            (slice_id,),
+        )
     ]
-    assert [list(json.loads(v)) for v in messages.column("value").to_pylist()] == [
-        list(TRIGGER_COLUMNS)
-    ] * len(rows)
 
 
-def test_slice_outside_the_range_or_time_is_empty(pipeline: Pipeline) -> None:
-    with pipeline.connect() as conn:
-        assert slice_messages(conn, new_uuid(), "", "~", 1).num_rows == 0
+def test_message_is_compact_json_in_seed_order_for_odd_text(pipeline: Pipeline) -> None:
+    campaign_id = new_uuid()
+    rows = [
+        {name: (T if "datetime" in name else f"{text}{i}") for name in TRIGGER_COLUMNS}
+        | {"adv_campaign_id": campaign_id, "client_id": f"{i:02d}-{new_uuid()}"}
+        for i, text in enumerate(ODD_TEXT)
+    ]
+    slice_id = outbox_slice(pipeline, rows, rows[0]["client_id"], rows[-1]["client_id"])
+    assert messages(pipeline, slice_id) == [
+        (r["client_id"].encode(), json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode())
+        for r in rows
+    ]
+
+
+def test_slice_names_only_its_range_and_time(pipeline: Pipeline) -> None:
+    campaign_id = new_uuid()
+    rows = [
+        {name: (T if "datetime" in name else "x") for name in TRIGGER_COLUMNS}
+        | {"adv_campaign_id": campaign_id, "client_id": client}
+        for client in ("a", "b", "c", "d")
+    ]
+    slice_id = outbox_slice(pipeline, rows, "b", "c")
+    # A row in the range but of another time (an earlier trigger) is not part of the slice.
+    pipeline.sql(
+        "UPDATE public.subscribers_feedback SET trigger_datetime_created = %s "
+        "WHERE client_id = 'c'",
+        (T - 60,),
+    )
+    assert [key for key, _ in messages(pipeline, slice_id)] == [b"b"]

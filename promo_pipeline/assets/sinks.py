@@ -2,49 +2,48 @@
 
 The Postgres sink writes the due triggers slice by slice (see `promo_pipeline.fanout`): each
 slice's rows, its `promo.trigger_outbox` entry and the fan-out progress commit together. The
-Kafka sink sends every outbox slice, oldest first, and deletes its entry only once Kafka
-acknowledged all of its messages; a run that dies in between leaves the entry, and the next run
-sends it again, built by the same query from the stored rows, so the resent messages are
-byte-identical.
+Kafka sink sends the outbox slices with Spark's Kafka writer, each slice one task reading its
+rows from Postgres, and deletes the entries only once Kafka acknowledged all of their messages;
+a run that dies in between leaves them, and the next run sends them again, built by the same
+query from the stored rows, so the resent messages are byte-identical.
 """
 
 import time
 
-import pyarrow as pa
-from confluent_kafka import KafkaError, KafkaException, Producer
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from promo_pipeline.assets.triggers import triggers
 from promo_pipeline.fanout import (
+    OUTBOX_MESSAGES,
     full_fanout_slices,
     new_subscription_slices,
     run_window,
-    slice_messages,
 )
 from promo_pipeline.faultpoints import fault_point
 from promo_pipeline.resources import (
     KafkaResource,
     PipelineLockResource,
     PostgresResource,
+    SparkResource,
     StateResource,
 )
-from promo_pipeline.topics import produce_all
 
-# Bounded waits: an unreachable broker fails the run in under a minute rather than hanging it;
-# the outbox keeps the triggers for the next run.
-PRODUCER_CONFIG = {
-    "acks": "all",
-    "enable.idempotence": True,
-    "linger.ms": 20,
-    "batch.size": 1 << 20,
-    # The messages repeat their campaign's fields: lz4 shrinks a batch several times over, so
-    # the broker writes a fraction of the bytes.
-    "compression.type": "lz4",
-    "queue.buffering.max.messages": 1_000_000,
-    "request.timeout.ms": 15_000,
-    "message.timeout.ms": 45_000,
-    "delivery.report.only.error": True,
+# Spark's Kafka producer, with bounded waits: an unreachable broker fails the run in under a
+# minute rather than hanging it; the outbox keeps the triggers for the next run. The messages
+# repeat their campaign's fields, so lz4 shrinks a batch several times over.
+PRODUCER_OPTIONS = {
+    "kafka.acks": "all",
+    "kafka.enable.idempotence": "true",
+    "kafka.linger.ms": "20",
+    "kafka.batch.size": str(1 << 20),
+    "kafka.compression.type": "lz4",
+    "kafka.request.timeout.ms": "15000",
+    "kafka.delivery.timeout.ms": "45000",
+    "kafka.max.block.ms": "15000",
 }
+# Outbox slices sent per Spark job: one task each, so the cores write in parallel; a failed job
+# resends at most this many slices.
+PUSH_SLICES_PER_JOB = 4
 
 
 @asset(
@@ -93,72 +92,82 @@ def feedback_sink(
     )
 
 
-class _Sender:
-    """One idempotent producer for a run's slices; raises unless Kafka acknowledged all."""
-
-    def __init__(self, kafka: KafkaResource) -> None:
-        self.errors: list[str] = []
-        self.topic = kafka.output_topic
-        self.producer = Producer(kafka.client_config(**PRODUCER_CONFIG, on_delivery=self._failed))
-        metadata = self.producer.list_topics(self.topic, timeout=15).topics[self.topic]
-        if metadata.error is not None and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            raise KafkaException(f"output topic {self.topic} does not exist")
-
-    def _failed(self, error: object, _message: object) -> None:
-        if error is not None:
-            self.errors.append(str(error))
-
-    def send(self, messages: pa.Table) -> None:
-        # As bytes: produce() then hands them to librdkafka without encoding each one.
-        keys = messages.column("key").to_pylist()
-        values = messages.column("value").to_pylist()
-        produce_all(self.producer, self.topic, zip(keys, values, strict=True))
-        left = self.producer.flush(60)
-        if left or self.errors:
-            raise KafkaException(
-                f"Kafka did not acknowledge {left} messages: {'; '.join(self.errors[:3])}"
-            )
+def outbox_groups(
+    pending: list[tuple[int, str, int]], rows: int
+) -> list[list[tuple[int, str, int]]]:
+    """Consecutive outbox slices (slice_id, run_id, triggers) in groups of about `rows`
+    triggers: one Spark job each, one task per slice, its entries deleted once it is done."""
+    groups: list[list[tuple[int, str, int]]] = []
+    total = rows
+    for entry in pending:
+        if total + entry[2] > rows:
+            groups.append([])
+            total = 0
+        groups[-1].append(entry)
+        total += entry[2]
+    return groups
 
 
 @asset(
     group_name="promo",
-    kinds={"kafka"},
+    kinds={"spark", "kafka"},
     deps=[feedback_sink],
     description="Every trigger committed to Postgres and not yet acknowledged by Kafka, sent to "
-    "the output topic keyed by client_id, one outbox slice at a time.",
+    "the output topic keyed by client_id by Spark's Kafka writer: each outbox slice is one "
+    "task that reads its rows from Postgres and writes them to Kafka.",
 )
 def push_sink(
     context: AssetExecutionContext,
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
     kafka: KafkaResource,
+    spark: SparkResource,
+    state: StateResource,
 ) -> MaterializeResult:
     started = time.monotonic()
     sent = sent_this_run = 0
-    earlier_runs: set[str] = set()
     with postgres.connect(autocommit=True) as conn:
         pending = conn.execute(
-            "SELECT slice_id, run_id, adv_campaign_id, client_first, client_last, trigger_time "
-            "FROM promo.trigger_outbox ORDER BY slice_id"
+            "SELECT slice_id, run_id, triggers FROM promo.trigger_outbox ORDER BY slice_id"
         ).fetchall()
-        earlier_runs = {run_id for _, run_id, *_ in pending if run_id != context.run_id}
+        earlier_runs = {run_id for _, run_id, _ in pending if run_id != context.run_id}
         if earlier_runs:
             context.log.warning(f"resending triggers left unsent by runs {sorted(earlier_runs)}")
-        sender = _Sender(kafka) if pending else None
+        if pending:
+            kafka.check_topic(kafka.output_topic)
         fault_point("push_sink.start")  # test-only; no-op unless PROMO_FAULT_AT is set
-        for number, (slice_id, run_id, campaign, first, last, t) in enumerate(pending):
-            assert sender is not None
-            messages = slice_messages(conn, campaign, first, last, t)
-            sender.send(messages)
-            conn.execute("DELETE FROM promo.trigger_outbox WHERE slice_id = %s", (slice_id,))
-            sent += messages.num_rows
-            if run_id == context.run_id:
-                sent_this_run += messages.num_rows
+        groups = outbox_groups(pending, PUSH_SLICES_PER_JOB * state.trigger_slice_rows)
+        for number, group in enumerate(groups):
+            with spark.failing_fast():
+                (
+                    spark.spark_session.read.jdbc(
+                        postgres.jdbc_url,
+                        OUTBOX_MESSAGES,
+                        predicates=[f"slice_id = {slice_id}" for slice_id, _, _ in group],
+                        properties=postgres.jdbc_properties(fetchsize="10000"),
+                    )
+                    .selectExpr("CAST(key AS BINARY) AS key", "CAST(value AS BINARY) AS value")
+                    .write.format("kafka")
+                    .options(**kafka.spark_options())
+                    .options(**PRODUCER_OPTIONS)
+                    .option("topic", kafka.output_topic)
+                    .save()
+                )
+            conn.execute(
+                "DELETE FROM promo.trigger_outbox WHERE slice_id = ANY(%s)",
+                ([slice_id for slice_id, _, _ in group],),
+            )
+            sent += sum(triggers for _, _, triggers in group)
+            sent_this_run += sum(t for _, run_id, t in group if run_id == context.run_id)
             if number == 0:
-                # test-only: one slice acknowledged and its outbox entry gone, the rest not sent
+                # test-only: a first group acknowledged and its outbox entries gone, the rest
+                # not yet sent
                 fault_point("push_sink.mid")
     seconds = round(time.monotonic() - started, 3)
-    context.log.info(f"push sink: {sent} messages in {len(pending)} slices in {seconds} s")
+    context.log.info(
+        f"push sink: {sent} messages in {len(pending)} slices, {len(groups)} Spark jobs, "
+        f"in {seconds} s"
+    )
     return MaterializeResult(
         metadata={
             "dagster/row_count": sent,
@@ -167,6 +176,7 @@ def push_sink(
             "resent_from_earlier_runs": sent - sent_this_run,
             "earlier_runs_resent": len(earlier_runs),
             "slices": len(pending),
+            "spark_jobs": len(groups),
             "seconds": seconds,
         }
     )
