@@ -41,9 +41,10 @@ PRODUCER_OPTIONS = {
     "kafka.delivery.timeout.ms": "45000",
     "kafka.max.block.ms": "15000",
 }
-# Outbox slices sent per Spark job: one task each, so the cores write in parallel; a failed job
-# resends at most this many slices.
-PUSH_SLICES_PER_JOB = 4
+# Triggers sent per Spark job (a failed job resends at most these), in this many tasks so the
+# cores write in parallel; many small slices share a task rather than one task each.
+PUSH_ROWS_PER_JOB = 1_000_000
+PUSH_TASKS = 4
 
 
 @asset(
@@ -92,20 +93,29 @@ def feedback_sink(
     )
 
 
-def outbox_groups(
-    pending: list[tuple[int, str, int]], rows: int
-) -> list[list[tuple[int, str, int]]]:
-    """Consecutive outbox slices (slice_id, run_id, triggers) in groups of about `rows`
-    triggers: one Spark job each, one task per slice, its entries deleted once it is done."""
-    groups: list[list[tuple[int, str, int]]] = []
-    total = rows
+def push_jobs(
+    pending: list[tuple[int, str, int]], rows_per_job: int, tasks: int
+) -> list[list[list[int]]]:
+    """The outbox slices (slice_id, run_id, triggers), oldest first, as Spark jobs of about
+    `rows_per_job` triggers; each job's slices dealt to at most `tasks` tasks of even size."""
+    jobs: list[list[tuple[int, str, int]]] = []
+    total = rows_per_job
     for entry in pending:
-        if total + entry[2] > rows:
-            groups.append([])
+        if total + entry[2] > rows_per_job:
+            jobs.append([])
             total = 0
-        groups[-1].append(entry)
+        jobs[-1].append(entry)
         total += entry[2]
-    return groups
+    planned = []
+    for job in jobs:
+        sizes = [0] * min(tasks, len(job))
+        bins: list[list[int]] = [[] for _ in sizes]
+        for slice_id, _, count in sorted(job, key=lambda entry: -entry[2]):
+            lightest = sizes.index(min(sizes))
+            sizes[lightest] += count
+            bins[lightest].append(slice_id)
+        planned.append([sorted(ids) for ids in bins])
+    return planned
 
 
 @asset(
@@ -122,7 +132,6 @@ def push_sink(
     postgres: PostgresResource,
     kafka: KafkaResource,
     spark: SparkResource,
-    state: StateResource,
 ) -> MaterializeResult:
     started = time.monotonic()
     sent = sent_this_run = 0
@@ -136,14 +145,15 @@ def push_sink(
         if pending:
             kafka.check_topic(kafka.output_topic)
         fault_point("push_sink.start")  # test-only; no-op unless PROMO_FAULT_AT is set
-        groups = outbox_groups(pending, PUSH_SLICES_PER_JOB * state.trigger_slice_rows)
-        for number, group in enumerate(groups):
+        entries = {slice_id: (run_id, count) for slice_id, run_id, count in pending}
+        jobs = push_jobs(pending, PUSH_ROWS_PER_JOB, PUSH_TASKS)
+        for number, job in enumerate(jobs):
             with spark.failing_fast():
                 (
                     spark.spark_session.read.jdbc(
                         postgres.jdbc_url,
                         OUTBOX_MESSAGES,
-                        predicates=[f"slice_id = {slice_id}" for slice_id, _, _ in group],
+                        predicates=[f"slice_id IN ({', '.join(map(str, ids))})" for ids in job],
                         properties=postgres.jdbc_properties(fetchsize="10000"),
                     )
                     .selectExpr("CAST(key AS BINARY) AS key", "CAST(value AS BINARY) AS value")
@@ -153,19 +163,19 @@ def push_sink(
                     .option("topic", kafka.output_topic)
                     .save()
                 )
-            conn.execute(
-                "DELETE FROM promo.trigger_outbox WHERE slice_id = ANY(%s)",
-                ([slice_id for slice_id, _, _ in group],),
-            )
-            sent += sum(triggers for _, _, triggers in group)
-            sent_this_run += sum(t for _, run_id, t in group if run_id == context.run_id)
+            done = [slice_id for ids in job for slice_id in ids]
+            conn.execute("DELETE FROM promo.trigger_outbox WHERE slice_id = ANY(%s)", (done,))
+            for slice_id in done:
+                run_id, count = entries[slice_id]
+                sent += count
+                sent_this_run += count if run_id == context.run_id else 0
             if number == 0:
-                # test-only: a first group acknowledged and its outbox entries gone, the rest
+                # test-only: a first job acknowledged and its outbox entries gone, the rest
                 # not yet sent
                 fault_point("push_sink.mid")
     seconds = round(time.monotonic() - started, 3)
     context.log.info(
-        f"push sink: {sent} messages in {len(pending)} slices, {len(groups)} Spark jobs, "
+        f"push sink: {sent} messages in {len(pending)} slices, {len(jobs)} Spark jobs, "
         f"in {seconds} s"
     )
     return MaterializeResult(
@@ -176,7 +186,7 @@ def push_sink(
             "resent_from_earlier_runs": sent - sent_this_run,
             "earlier_runs_resent": len(earlier_runs),
             "slices": len(pending),
-            "spark_jobs": len(groups),
+            "spark_jobs": len(jobs),
             "seconds": seconds,
         }
     )
