@@ -7,9 +7,10 @@ can kill the run or stop a service at exactly that moment. A release file contai
 makes the point raise instead, which inside a Spark task is a real executor task failure.
 
 Driver points (`fault_point`): `campaign_batch.committed` (a micro-batch's Postgres work is
-committed, Spark's checkpoint commit is not yet written), `feedback_sink.committed`,
-`push_sink.start` (before the first message is produced) and `push_sink.mid` (a first part of
-the messages acknowledged by Kafka, the rest not yet sent).
+committed, Spark's checkpoint commit is not yet written), `feedback_sink.slice` (after each
+committed slice of the Postgres sink), `feedback_sink.committed` (after its last slice),
+`push_sink.start` (before the Kafka sink's first Spark job) and `push_sink.mid` (its first job
+acknowledged and its outbox entries deleted, the rest not yet sent).
 Task points (`fault_rows`): `<where>.start`, reached inside every Spark task of the job that
 reads the DataFrame: `campaign_batch.start` (reading a micro-batch's rows).
 """

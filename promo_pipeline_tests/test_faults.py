@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.spark]
 
 BOUNDARIES = {
     "after_campaign_batch": "after the campaign batch is read",
+    "mid_postgres_sink": "between two committed slices of the Postgres sink",
     "after_postgres_sink": "after the Postgres sink",
     "mid_kafka_sink": "in the middle of the Kafka sink",
 }
@@ -39,13 +40,16 @@ FAULTS = {
     "sigkill": "run's process group SIGKILLed",
     "postgres_down": "Postgres stopped, started after the run ended",
     "kafka_down": "Kafka broker stopped, started after the run ended",
-    "spark_failure": "Spark fails: an executor task raises inside the micro-batch; after the "
-    "Postgres sink and mid Kafka sink, where the run has no Spark work left, the Spark "
-    "driver JVM is SIGKILLed",
+    "spark_failure": "Spark fails: an executor task raises inside the micro-batch; at the later "
+    "boundaries the Spark driver JVM is SIGKILLed, so the Kafka sink's Spark jobs fail",
 }
+# Two triggers per slice: each campaign's 5 subscribers span 3 slices, and the Kafka sink sends
+# the 9 slices in 3 Spark jobs, so every boundary falls between real units of work.
+SLICE_ROWS = "2"
 # Where each cell pauses the run (see promo_pipeline/faultpoints.py).
 POINTS = {
     **{("after_campaign_batch", f): "campaign_batch.committed" for f in FAULTS},
+    **{("mid_postgres_sink", f): "feedback_sink.slice" for f in FAULTS},
     **{("after_postgres_sink", f): "feedback_sink.committed" for f in FAULTS},
     **{("mid_kafka_sink", f): "push_sink.mid" for f in FAULTS},
     # A task error needs a Spark job: the one reading the micro-batch's rows.
@@ -55,9 +59,11 @@ POINT_TEXT = {
     "campaign_batch.committed": "in the micro-batch function, after its Postgres transaction "
     "(campaign upserts, DLQ flushed), before Spark commits the checkpoint",
     "campaign_batch.start": "in the Spark tasks reading the micro-batch's rows",
-    "feedback_sink.committed": "after the feedback + outbox transaction, before the Kafka sink",
-    "push_sink.mid": "in the Kafka sink once the first third of the messages is acknowledged, "
-    "before the rest is sent (the test sees them in the topic first)",
+    "feedback_sink.slice": "in the Postgres sink after its first slice (triggers, outbox entry "
+    "and fan-out position in one transaction) is committed, before the next slice",
+    "feedback_sink.committed": "after the Postgres sink's last slice, before the Kafka sink",
+    "push_sink.mid": "in the Kafka sink once its first Spark job (4 slices) is acknowledged and "
+    "their outbox entries deleted, before the next job (the test sees them in the topic first)",
 }
 MAX_RECOVERY_RUNS = 3
 DOC = REPO / "docs" / "reliability.md"
@@ -110,7 +116,11 @@ def cell_pipeline(
 ) -> Pipeline:
     """A fresh database, topics and checkpoint on the fault stack (services running)."""
     fault_stack.up()
-    env = {**fault_stack.settings(), "PROMO_STACK_DIR": str(fault_stack.dir)}
+    env = {
+        **fault_stack.settings(),
+        "PROMO_STACK_DIR": str(fault_stack.dir),
+        "PROMO_TRIGGER_SLICE_ROWS": SLICE_ROWS,
+    }
     return fresh_pipeline(env, tmp_path, monkeypatch)
 
 
@@ -248,7 +258,9 @@ def render(results: dict[tuple[str, str], Cell]) -> str:
         "message is in the DLQ unchanged; and one more run sends nothing.",
         "",
         "Data per cell: 3 active campaigns x 5 subscribers (15 triggers), 1 expired campaign "
-        "with a subscriber (no trigger), 1 malformed message (DLQ).",
+        "with a subscriber (no trigger), 1 malformed message (DLQ). Slices of "
+        f"{SLICE_ROWS} triggers (`PROMO_TRIGGER_SLICE_ROWS`): the Postgres sink commits 9 "
+        "slices, the Kafka sink sends them in 3 Spark jobs.",
         "",
         "## Result",
         "",
@@ -291,17 +303,17 @@ def render(results: dict[tuple[str, str], Cell]) -> str:
         "Armed only by `PROMO_FAULT_AT` (see `promo_pipeline/faultpoints.py`); unset, they "
         "do nothing. The Spark task error is a real exception raised inside an executor task "
         "(a `mapInArrow` over the micro-batch's rows), which fails the Spark job and so the "
-        "streaming query. The triggers are collected to the driver (Arrow) before the sinks, "
-        "so after the Postgres sink no Spark job is left; there the Spark failure is the loss "
-        "of the whole Spark driver JVM.",
+        "streaming query. At the later boundaries the Spark failure is the loss of the whole "
+        "Spark driver JVM, which fails the Kafka sink's Spark jobs.",
         "",
         *(f"- `{point}`: {text}" for point, text in POINT_TEXT.items()),
         "",
         "Faults: " + "; ".join(f"`{name}`: {text}" for name, text in FAULTS.items()) + ".",
         "",
         "Duplicates are expected only where Kafka had acknowledged some of a run's messages "
-        "before the fault: the outbox resends every trigger of the run, rebuilt from its "
-        "Postgres row, so the repeats are byte-identical (at-least-once, as promised).",
+        "before the fault: the outbox resends every trigger of the slices whose Spark job did "
+        "not finish, rebuilt from its Postgres row, so the repeats are byte-identical "
+        "(at-least-once, as promised).",
         "",
     ]
     return "\n".join(lines)

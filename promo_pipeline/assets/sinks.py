@@ -41,9 +41,9 @@ PRODUCER_OPTIONS = {
     "kafka.delivery.timeout.ms": "45000",
     "kafka.max.block.ms": "15000",
 }
-# Triggers sent per Spark job (a failed job resends at most these), in this many tasks so the
-# cores write in parallel; many small slices share a task rather than one task each.
-PUSH_ROWS_PER_JOB = 1_000_000
+# Tasks per Spark job of the Kafka sink, so the cores write in parallel; a job carries about
+# this many slices' worth of triggers (a failed job resends at most these), and many small
+# slices share a task rather than one task each.
 PUSH_TASKS = 4
 
 
@@ -132,6 +132,7 @@ def push_sink(
     postgres: PostgresResource,
     kafka: KafkaResource,
     spark: SparkResource,
+    state: StateResource,
 ) -> MaterializeResult:
     started = time.monotonic()
     sent = sent_this_run = 0
@@ -146,7 +147,7 @@ def push_sink(
             kafka.check_topic(kafka.output_topic)
         fault_point("push_sink.start")  # test-only; no-op unless PROMO_FAULT_AT is set
         entries = {slice_id: (run_id, count) for slice_id, run_id, count in pending}
-        jobs = push_jobs(pending, PUSH_ROWS_PER_JOB, PUSH_TASKS)
+        jobs = push_jobs(pending, PUSH_TASKS * state.trigger_slice_rows, PUSH_TASKS)
         for number, job in enumerate(jobs):
             with spark.failing_fast():
                 (
