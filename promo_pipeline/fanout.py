@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 from promo_pipeline.schema import TRIGGER_COLUMNS
 
@@ -194,6 +195,26 @@ def run_window(conn: psycopg.Connection, run_id: str) -> Window:
         (run_id,),
     ).fetchone()
     return Window(run_id, *row) if row else record_window(conn, run_id)
+
+
+def move_id_sequence_past_manual_rows(conn: psycopg.Connection) -> tuple[int, int] | None:
+    """Rows written by hand with an explicit id above the ledger's sequence would make an insert
+    fail once the sequence reaches them: move the sequence past them first.
+
+    Returns (sequence was at, now at) when it moved. Two index lookups, whatever the size.
+    """
+    sequence = conn.execute(
+        "SELECT pg_get_serial_sequence('public.subscribers_feedback', 'id')"
+    ).fetchone()[0]
+    [(last, called)] = conn.execute(
+        sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(*sequence.split(".")))
+    ).fetchall()
+    highest = conn.execute("SELECT max(id) FROM public.subscribers_feedback").fetchone()[0]
+    at = last if called else last - 1
+    if highest is None or highest <= at:
+        return None
+    conn.execute("SELECT setval(%s, %s)", (sequence, highest))
+    return at, highest
 
 
 @dataclass

@@ -123,3 +123,36 @@ def test_run_killed_between_slices_keeps_them_and_the_next_run_goes_on(
         "FROM public.subscribers_feedback) ORDER BY id LIMIT 1"
     )
     assert first_written == [(small["adv_campaign_id"],)]
+
+
+def test_rows_written_by_hand_above_the_id_sequence_do_not_stop_the_sink(
+    pipeline: Pipeline,
+) -> None:
+    first = campaign()
+    pipeline.subscribe(*[(new_uuid(), first["restaurant_id"]) for _ in range(2)])
+    pipeline.publish(first)
+    pipeline.run_ok()
+    # An operator's rows with explicit ids: the very next value of the sequence, and one beyond.
+    for manual_id in (3, 10):
+        pipeline.sql(
+            "INSERT INTO public.subscribers_feedback (id, restaurant_id, adv_campaign_id, "
+            "adv_campaign_content, adv_campaign_owner, adv_campaign_owner_contact, "
+            "adv_campaign_datetime_start, adv_campaign_datetime_end, datetime_created, "
+            "client_id, trigger_datetime_created) "
+            "VALUES (%s, 'r', %s, 'c', 'o', 'oc', 1, 2, 1, %s, 1)",
+            (manual_id, new_uuid(), new_uuid()),
+        )
+    second = campaign()
+    clients = [new_uuid() for _ in range(3)]
+    pipeline.subscribe(*[(client, second["restaurant_id"]) for client in clients])
+    pipeline.publish(second)
+    summary = pipeline.run_ok()
+
+    assert metric(summary, "feedback_sink", "id_sequence_moved_from") == 2
+    assert {(second["adv_campaign_id"], c) for c in clients} <= pipeline.pairs()
+    sent = {m.key().decode() for m in pipeline.output()}
+    assert set(clients) <= sent
+    assert pipeline.sql("SELECT count(*) FROM promo.kafka_outbox") == [(0,)]
+    assert pipeline.sql("SELECT min(id) FROM public.subscribers_feedback WHERE id > 10") != [
+        (None,)
+    ]

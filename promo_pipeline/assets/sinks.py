@@ -16,6 +16,7 @@ from promo_pipeline.assets.triggers import triggers
 from promo_pipeline.fanout import (
     OUTBOX_MESSAGES,
     full_fanout_slices,
+    move_id_sequence_past_manual_rows,
     new_subscription_slices,
     run_window,
 )
@@ -66,6 +67,12 @@ def feedback_sink(
     slices = 0
     with postgres.connect(autocommit=True) as conn:
         window = run_window(conn, context.run_id)
+        moved = move_id_sequence_past_manual_rows(conn)
+        if moved:
+            context.log.warning(
+                f"subscribers_feedback holds ids up to {moved[1]} written past its id sequence "
+                f"(at {moved[0]}), by hand or by another writer: the sequence now starts above them"
+            )
         # New subscriptions of fanned-out campaigns first (small), then the full fan-outs, then
         # once more for the campaigns whose full fan-out just ended below W.
         steps = (new_subscription_slices, full_fanout_slices, new_subscription_slices)
@@ -88,6 +95,7 @@ def feedback_sink(
             "slices": slices,
             "run_time": window.trigger_time,
             "per_campaign": dict(top),
+            "id_sequence_moved_from": moved[0] if moved else -1,
             "seconds": seconds,
         }
     )
