@@ -1,7 +1,7 @@
 """The Dagster UI in a real browser: `dagster dev` on the project's workspace, Debian's Chromium
 driven by playwright-core (ui/ui_check.mjs). The graph shows the five assets and their edges,
-the job launched from the UI succeeds, its trigger reaches both sinks, and the screenshots are
-kept in artifacts/ui/."""
+the job launched from the UI succeeds, its trigger reaches both sinks, push_sink and triggers
+each materialized alone succeed, and the screenshots are kept in artifacts/ui/."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from promo_pipeline.stack._proc import stop_process_group
 from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
@@ -29,11 +29,11 @@ ARTIFACTS = REPO / "artifacts" / "ui"
 CHROMIUM = Path("/usr/bin/chromium")
 
 EXPECTED_EDGES = [
+    ["campaign_batch", "subscriber_snapshot"],
     ["campaign_batch", "triggers"],
     ["feedback_sink", "push_sink"],
     ["subscriber_snapshot", "triggers"],
     ["triggers", "feedback_sink"],
-    ["triggers", "push_sink"],
 ]
 
 
@@ -131,7 +131,19 @@ def test_ui_shows_graph_launches_job_and_run_succeeds(
         assert pipeline.pairs() == {(SEED_CAMPAIGN["adv_campaign_id"], SEED_CLIENT)}
         [message] = pipeline.output()
         assert message.key() == SEED_CLIENT.encode()
-        for name in ("01-asset-graph", "02-job", "03-run", "04-push-sink-checks"):
+        # push_sink and triggers, each materialized alone from its asset page, succeeded.
+        for name in ("push_sink", "triggers"):
+            alone = instance.get_run_by_id(seen["alone"][name]["runId"])
+            assert alone is not None and alone.asset_selection == {AssetKey(name)}
+            assert alone.status == DagsterRunStatus.SUCCESS, seen["alone"]
+        for name in (
+            "01-asset-graph",
+            "02-job",
+            "03-run",
+            "04-push-sink-checks",
+            "07-push_sink-alone",
+            "07-triggers-alone",
+        ):
             assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000, name
     finally:
         # dagster dev stops its webserver, daemon and code server on SIGTERM; whatever is

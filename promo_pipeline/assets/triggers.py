@@ -2,6 +2,7 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from promo_pipeline.assets.campaigns import campaign_batch
 from promo_pipeline.assets.subscribers import subscriber_snapshot
 from promo_pipeline.fanout import DUE_FULL, NEW_FROM, run_window
 from promo_pipeline.resources import PipelineLockResource, PostgresResource
@@ -10,7 +11,7 @@ from promo_pipeline.resources import PipelineLockResource, PostgresResource
 @asset(
     group_name="promo",
     kinds={"postgres"},
-    deps=[subscriber_snapshot],
+    deps=[campaign_batch, subscriber_snapshot],
     description="The due fan-out at the run's time T: campaigns active at T whose subscribers "
     "are not all triggered yet (new, changed restaurant, now due, or a fan-out in progress), "
     "and subscriptions added since the fanned-out campaigns' watermark. Joined in Postgres, "

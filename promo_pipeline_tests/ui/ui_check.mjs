@@ -1,10 +1,12 @@
 // Drives Debian's Chromium (through playwright-core, no downloaded browser) against a running
 // `dagster dev`: checks that the asset graph shows the five assets with their edges, launches
-// promo_job from the job page, waits for the run to succeed and saves screenshots.
+// promo_job from the job page, waits for the run to succeed, materializes push_sink and
+// triggers each on its own from their asset pages, and saves screenshots.
 //
 //   DAGSTER_URL=http://127.0.0.1:3000 ARTIFACTS_DIR=artifacts/ui node ui_check.mjs
 //
-// Prints one JSON line on stdout: {"nodes": [...], "edges": [[from, to], ...], "runId": "..."}.
+// Prints one JSON line on stdout: {"nodes": [...], "edges": [[from, to], ...], "runId": "...",
+// "status": "...", "alone": {"push_sink": {"runId": "...", "status": "..."}, "triggers": ...}}.
 // Exits non-zero, after a screenshot of the page it was on, when a step fails.
 
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -147,6 +149,26 @@ try {
   await page.getByText('messages_read').first().waitFor().catch(() => log('no metadata shown'));
   await shot('05-campaign-batch');
 
+  // Any asset on its own, as a Dagster user first tries: each reads its inputs from durable
+  // state (Postgres, the checkpoint), so a run of just that asset succeeds.
+  const alone = {};
+  for (const name of ['push_sink', 'triggers']) {
+    log(`asset ${name}: Materialize alone`);
+    await page.goto(`${url}/assets/${name}`);
+    const button = page.getByRole('button', { name: 'Materialize', exact: true });
+    await button.waitFor();
+    await button.click();
+    const link = page.getByRole('link', { name: 'View', exact: true }).and(page.locator('a[href^="/runs/"]'));
+    await link.waitFor({ timeout: 60000 });
+    const id = (await link.getAttribute('href')).split('/').pop();
+    await page.goto(`${url}/runs/${id}`);
+    const end = page.locator('text=/^(Success|Failure|Canceled)$/').first();
+    await end.waitFor({ timeout: runTimeoutMs });
+    alone[name] = { runId: id, status: (await end.innerText()).trim() };
+    log(`run ${id} of ${name} alone: ${alone[name].status}`);
+    await shot(`07-${name}-alone`);
+  }
+
   // The sensor's ticks: what it launched, and why it skipped.
   await page.goto(`${url}/automation`);
   await page.locator('a[href*="/sensors/promo_work_sensor"]').first().click();
@@ -154,8 +176,8 @@ try {
   await page.waitForLoadState('networkidle').catch(() => {});
   await shot('06-sensor');
 
-  process.stdout.write(`${JSON.stringify({ ...graph, runId, status })}\n`);
-  failed = status !== 'Success';
+  process.stdout.write(`${JSON.stringify({ ...graph, runId, status, alone })}\n`);
+  failed = status !== 'Success' || Object.values(alone).some((run) => run.status !== 'Success');
 } catch (error) {
   failed = true;
   log(`FAILED: ${error.message}`);
