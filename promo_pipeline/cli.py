@@ -525,7 +525,7 @@ def _dagster_last_run() -> list[str]:
 
     shown = {
         "campaign_batch": ("messages_read", "rejected"),
-        "triggers": ("dagster/row_count",),
+        "feedback_sink": ("rows_written",),
         "push_sink": ("sent_this_run",),
     }
     with DagsterInstance.get() as instance:
