@@ -3,7 +3,7 @@
 Every (campaign, subscriber) pair is joined, written and identified inside the database, so no
 process ever holds a run's triggers or its subscribers: memory is one slice, whatever the size
 of a restaurant. Each slice is one transaction that writes its triggers to the ledger
-(`ON CONFLICT DO NOTHING` on the pair's unique index), its outbox entry, and the fan-out
+(never a pair already triggered), its outbox entry, and the fan-out
 progress it made; a run that dies keeps every committed slice and the next run goes on from
 the saved position.
 
@@ -53,26 +53,27 @@ def _select_fields(client: str) -> str:
     )
 
 
-# One slice of a campaign's full fan-out: the next `rows` distinct subscribers of its
-# restaurant after `after`, in client order (an index-only scan), written unless triggered.
-FULL_SLICE = f"""
-WITH slice AS (
+# One slice of a campaign's full fan-out: its bounds are the next `rows` distinct subscribers
+# of the restaurant after `after`, in client order (an index-only scan); its rows are those of
+# the range not yet triggered: a plain INSERT behind an anti-join writes less than ON
+# CONFLICT's speculative insertion, and the unique index still guards the pair.
+_RESTAURANT_CLIENTS = """
     SELECT DISTINCT lower(s.client_id) AS client_id
     FROM public.subscribers_restaurants s
-    WHERE lower(s.restaurant_id) = %(restaurant)s AND lower(s.client_id) > %(after)s
-    ORDER BY 1 LIMIT %(rows)s
-), written AS (
-    INSERT INTO public.subscribers_feedback ({_TRIGGER_COLUMNS})
-    SELECT {_select_fields("slice.client_id")}
-    FROM slice CROSS JOIN promo.campaigns c
-    WHERE c.adv_campaign_id = %(campaign)s
-    ORDER BY slice.client_id
-    ON CONFLICT (adv_campaign_id, client_id) DO NOTHING
-    RETURNING client_id
-)
-SELECT (SELECT count(*) FROM slice), (SELECT max(client_id) FROM slice),
-       (SELECT count(*) FROM written), (SELECT min(client_id) FROM written),
-       (SELECT max(client_id) FROM written)
+    WHERE lower(s.restaurant_id) = %(restaurant)s AND lower(s.client_id) > %(after)s"""
+FULL_SLICE_BOUNDS = f"""
+SELECT count(*), min(client_id), max(client_id)
+FROM ({_RESTAURANT_CLIENTS} ORDER BY 1 LIMIT %(rows)s) slice
+"""
+FULL_SLICE = f"""
+INSERT INTO public.subscribers_feedback ({_TRIGGER_COLUMNS})
+SELECT {_select_fields("slice.client_id")}
+FROM ({_RESTAURANT_CLIENTS} AND lower(s.client_id) <= %(last)s) slice
+CROSS JOIN promo.campaigns c
+WHERE c.adv_campaign_id = %(campaign)s
+  AND NOT EXISTS (SELECT 1 FROM public.subscribers_feedback f
+                  WHERE f.adv_campaign_id = c.adv_campaign_id AND f.client_id = slice.client_id)
+ORDER BY slice.client_id
 """
 
 # One slice of new subscriptions (ids in (lo, hi]) for every active campaign already fanned
@@ -263,25 +264,25 @@ def full_fanout_slices(
         # step, from the watermark this campaign takes when its walk ends.
         started_at = window.subscriber_watermark if started_at is None else started_at
         while True:
+            params = {
+                "restaurant": restaurant,
+                "after": after,
+                "rows": slice_rows,
+                "campaign": campaign,
+                "t": window.trigger_time,
+            }
             with conn.transaction():
-                seen, last_seen, count, first, last = conn.execute(
-                    FULL_SLICE,
-                    {
-                        "restaurant": restaurant,
-                        "after": after,
-                        "rows": slice_rows,
-                        "campaign": campaign,
-                        "t": window.trigger_time,
-                    },
-                ).fetchone()
+                seen, first, last = conn.execute(FULL_SLICE_BOUNDS, params).fetchone()
+                count = conn.execute(FULL_SLICE, {**params, "last": last}).rowcount if seen else 0
                 if count:
+                    # The rows of [first, last] stamped T are exactly this slice's.
                     _outbox(conn, window, campaign, first, last, count)
                 done = seen < slice_rows
                 conn.execute(
                     "UPDATE promo.campaigns SET fanout_cursor = %s, fanout_started_at = %s, "
                     "fanout_through = %s WHERE adv_campaign_id = %s",
                     (
-                        None if done else last_seen,
+                        None if done else last,
                         None if done else started_at,
                         started_at if done else None,
                         campaign,
@@ -290,4 +291,4 @@ def full_fanout_slices(
             yield SliceResult({campaign: count})
             if done:
                 break
-            after = last_seen
+            after = last
