@@ -77,7 +77,11 @@ def prepare(settings: Settings) -> None:
     from promo_pipeline.topics import ensure_topics
 
     init_db(settings)
-    created = ensure_topics(kafka_resource(settings))
+    created = ensure_topics(
+        kafka_resource(settings),
+        partitions=settings.promo_topic_partitions,
+        replication_factor=settings.promo_topic_replication_factor,
+    )
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
 
