@@ -184,6 +184,22 @@ class PipelineLockResource(ConfigurableResource):
             )
         self._conn = conn
 
+    @classmethod
+    def holders(cls, postgres: PostgresResource, timeout_ms: int = 10_000) -> list[int]:
+        """Postgres backends holding the lock in this database: none while a run is STARTED
+        means its process is gone (the lock dies with its connection)."""
+        with postgres.connect(statement_timeout_ms=timeout_ms) as conn:
+            return [
+                row[0]
+                for row in conn.execute(
+                    "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                    "WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND l.objsubid = 1 AND d.datname = current_database() "
+                    "AND l.objid = hashtext(%s)::oid",
+                    (cls.LOCK_KEY,),
+                )
+            ]
+
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -197,6 +197,10 @@ def test_dagster_instance_is_production_ready(monkeypatch: pytest.MonkeyPatch) -
     from promo_pipeline.jobs import promo_job
 
     assert promo_job.tags["promo/pipeline"]
+    # A retry re-runs the whole job, as often as dagster.yaml says; a hung run is bounded.
+    assert promo_job.tags["dagster/retry_strategy"] == "ALL_STEPS"
+    assert "dagster/max_retries" not in promo_job.tags
+    assert 0 < int(promo_job.tags["dagster/max_runtime"]) <= 4 * 3600
     assert config["run_monitoring"]["enabled"]
     assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
     assert config["run_retries"]["enabled"] and config["run_retries"]["max_retries"] >= 1
