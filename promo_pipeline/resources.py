@@ -165,7 +165,15 @@ class PipelineLockResource(ConfigurableResource):
     LOCK_KEY: ClassVar[str] = "promo_pipeline.run"
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
+        from promo_pipeline.db import SchemaVersionError, check_schema
+
         conn = psycopg.connect(self.postgres.conninfo(), autocommit=True)
+        # Before anything is read or written: code and database must agree on schema promo.
+        try:
+            check_schema(conn)
+        except SchemaVersionError as error:
+            conn.close()
+            raise Failure(f"{error}; this run did nothing") from None
         locked = conn.execute(
             "SELECT pg_try_advisory_lock(hashtext(%s))", (self.LOCK_KEY,)
         ).fetchone()
