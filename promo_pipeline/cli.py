@@ -216,6 +216,10 @@ def run_job() -> tuple[bool, str]:
             error = getattr(event.event_specific_data, "error", None)
             if error is not None and not any("FAILED" in line for line in lines):
                 message = error.message.strip().splitlines()[0]
+                # "dagster._core.definitions.events.Failure: ..." -> the message alone.
+                message = message.removeprefix(f"{error.cls_name}: ").split(
+                    f".{error.cls_name}: ", 1
+                )[-1]
                 lines.append(f"  FAILED before any step: {message}")
     return result.success, "\n".join(lines)
 

@@ -91,6 +91,7 @@ def test_a_run_refuses_a_database_behind_the_code_until_promo_db_upgrade(
     [line] = [line for line in summary.splitlines() if "promo db upgrade" in line]
     with capsys.disabled():
         print(f"\n{line}")
+    assert line.startswith("  FAILED before any step: database ")
     assert "schema promo is at revision none, this code needs 0001_baseline" in line
     assert "this run did nothing" in line
     assert pipeline.pairs() == set()
