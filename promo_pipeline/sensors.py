@@ -47,10 +47,12 @@ def promo_work_sensor(
     state: StateResource,
 ) -> RunRequest | SkipReason:
     running = context.instance.get_run_records(
-        RunsFilter(job_name=promo_job.name, statuses=ACTIVE_STATUSES), limit=1
+        RunsFilter(job_name=promo_job.name, statuses=ACTIVE_STATUSES)
     )
     if running:
-        return check_run_alive(context, running[0], postgres)
+        # The oldest STARTED run first: a dead one blocks every queued run behind it.
+        started = [r for r in running if r.dagster_run.status == DagsterRunStatus.STARTED]
+        return check_run_alive(context, started[-1] if started else running[0], postgres)
     _set_suspect(context, None)
     work = find_work(kafka, postgres, state.checkpoint_dir, int(time.time()))
     if not work.due:
