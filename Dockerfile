@@ -1,7 +1,9 @@
-# The user-code image: Python 3.11, Java 17, the promo_pipeline package and Spark's Kafka and
-# JDBC connector jars. The jars are resolved at build time by the project's own Maven resolver
+# The one image of the compose deployment: Python 3.11, Java 17, the promo_pipeline package
+# (with dagster-docker, for the run launcher) and Spark's Kafka and JDBC connector jars. The
+# jars are resolved at build time by the project's own Maven resolver
 # (promo_pipeline.stack.maven), so a container never downloads anything when a run starts.
-# The webserver and the daemon run from the same image.
+# user_code, the webserver, the daemon, the Spark Connect server and every run's container run
+# from it, as the unprivileged user `promo`.
 
 FROM python:3.11-slim-bookworm AS base
 RUN apt-get update \
@@ -10,7 +12,7 @@ RUN apt-get update \
 WORKDIR /opt/promo
 COPY pyproject.toml README.md ./
 COPY promo_pipeline ./promo_pipeline
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[docker]"
 
 FROM base AS jars
 RUN apt-get update \
@@ -25,11 +27,17 @@ ENV PROMO_SPARK_JARS=/opt/spark-jars/spark-sql-kafka-0-10_2.13-4.2.0.jar,/opt/sp
     DAGSTER_HOME=/opt/dagster/home \
     PROMO_STATE_DIR=/var/lib/promo/state \
     PYTHONUNBUFFERED=1
-COPY dagster.yaml /opt/dagster/home/dagster.yaml
+COPY docker/dagster.yaml /opt/dagster/home/dagster.yaml
 COPY docker/workspace.yaml /opt/dagster/workspace.yaml
 # Fails the build if PROMO_SPARK_JARS names a jar the resolver did not produce.
 RUN python -c "from promo_pipeline.settings import load_settings; load_settings()"
-RUN mkdir -p /var/lib/promo/state
+# The state and config mount points belong to `promo`, so new named volumes mounted there do
+# too; Dagster writes its local logs under DAGSTER_HOME.
+RUN groupadd --system --gid 10001 promo \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/promo promo \
+    && mkdir -p /var/lib/promo/state /etc/promo \
+    && chown -R promo:promo /var/lib/promo /etc/promo /opt/dagster/home
+USER 10001:10001
 WORKDIR /opt/dagster
 EXPOSE 4000 3000
 CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "promo_pipeline.definitions"]

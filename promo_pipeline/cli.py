@@ -77,16 +77,24 @@ def prepare(settings: Settings) -> None:
     from promo_pipeline.topics import ensure_topics
 
     init_db(settings)
-    created = ensure_topics(kafka_resource(settings))
+    created = ensure_topics(
+        kafka_resource(settings),
+        partitions=settings.promo_topic_partitions,
+        replication_factor=settings.promo_topic_replication_factor,
+    )
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from promo_pipeline.db import init_db
+    from promo_pipeline.db import upgrade
 
-    init_db(load_settings())
-    print("tables ready: public.subscribers_restaurants, public.subscribers_feedback, promo.*")
+    before, after = upgrade(load_settings())
+    change = f"upgraded from {before or 'none'} to {after}" if before != after else "up to date"
+    print(
+        f"schema promo at revision {after} ({change}); tables ready: "
+        "public.subscribers_restaurants, public.subscribers_feedback, promo.*"
+    )
     return 0
 
 
@@ -202,6 +210,17 @@ def run_job() -> tuple[bool, str]:
             error = event.step_failure_data.error
             message = error.message.strip().splitlines()[0] if error else "unknown error"
             lines.append(f"  FAILED {event.step_key}: {message}")
+        elif event.is_resource_init_failure or event.is_run_failure:
+            # A resource that refused to start (the pipeline lock, the schema version) fails
+            # the run before any step: this is the line that says why.
+            error = getattr(event.event_specific_data, "error", None)
+            if error is not None and not any("FAILED" in line for line in lines):
+                message = error.message.strip().splitlines()[0]
+                # "dagster._core.definitions.events.Failure: ..." -> the message alone.
+                message = message.removeprefix(f"{error.cls_name}: ").split(
+                    f".{error.cls_name}: ", 1
+                )[-1]
+                lines.append(f"  FAILED before any step: {message}")
     return result.success, "\n".join(lines)
 
 
@@ -614,11 +633,13 @@ def parser() -> argparse.ArgumentParser:
     db = _command(
         commands,
         "db",
-        "database tables",
-        "Create the seed's tables and the pipeline's own (schema promo) where missing.",
-        "  promo db init\n",
+        "database tables and schema migrations",
+        "Create the seed's tables where missing (exactly the seed's DDL) and migrate the "
+        "pipeline's own schema promo to this code's newest revision (Alembic; safe to repeat). "
+        "Runs refuse to start while the database is behind. `init` is the same as `upgrade`.",
+        "  promo db upgrade\n",
     )
-    db.add_argument("action", choices=["init"])
+    db.add_argument("action", choices=["upgrade", "init"])
     db.set_defaults(func=cmd_db)
 
     send_cmd = _command(

@@ -1,10 +1,24 @@
-"""Tables: the seed's two (exactly its DDL) plus the pipeline's own state in schema `promo`."""
+"""Tables: the seed's two (exactly its DDL) plus the pipeline's own state in schema `promo`,
+versioned by the Alembic migrations in `promo_pipeline/migrations/versions/`."""
 
 from __future__ import annotations
+
+from functools import cache
+from importlib import resources as package_files
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from promo_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic's bookkeeping lives in the pipeline's own schema, next to what it versions.
+VERSION_SCHEMA = "promo"
+VERSION_TABLE = "alembic_version"
+INIT_LOCK = "promo_pipeline.init_db"
 
 SEED_DDL = """
 CREATE TABLE IF NOT EXISTS public.subscribers_restaurants (
@@ -30,92 +44,6 @@ CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
 );
 """
 
-# One trigger per (campaign, client), ever: the database enforces it, not only the code.
-PIPELINE_DDL = """
-CREATE UNIQUE INDEX IF NOT EXISTS subscribers_feedback_campaign_client_key
-    ON public.subscribers_feedback (adv_campaign_id, client_id);
--- UUIDs compare case-insensitively: subscribers are matched and triggered in lower case. The
--- INCLUDEd raw columns let a restaurant's fan-out be an index-only scan in client order.
-DROP INDEX IF EXISTS public.subscribers_restaurants_restaurant_idx;
-CREATE INDEX IF NOT EXISTS subscribers_restaurants_canonical_idx
-    ON public.subscribers_restaurants (lower(restaurant_id), lower(client_id))
-    INCLUDE (restaurant_id, client_id);
-
-CREATE SCHEMA IF NOT EXISTS promo;
-
--- The latest version of every campaign ever read: triggers are computed from here each run,
--- so held, updated and cancelled campaigns and new subscribers need no replay of the topic.
--- Fan-out state: `fanout_through` is the subscribers_restaurants.id up to which every
--- subscriber of the restaurant has been triggered (NULL: the full fan-out is not done yet);
--- `fanout_cursor` is the last client of a full fan-out in progress.
-CREATE TABLE IF NOT EXISTS promo.campaigns (
-    adv_campaign_id text PRIMARY KEY,
-    restaurant_id text NOT NULL,
-    adv_campaign_content text NOT NULL,
-    adv_campaign_owner text NOT NULL,
-    adv_campaign_owner_contact text NOT NULL,
-    adv_campaign_datetime_start int8 NOT NULL,
-    adv_campaign_datetime_end int8 NOT NULL,
-    datetime_created int8 NOT NULL,
-    kafka_partition int4 NOT NULL,
-    kafka_offset int8 NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-ALTER TABLE promo.campaigns ADD COLUMN IF NOT EXISTS fanout_through int8;
-ALTER TABLE promo.campaigns ADD COLUMN IF NOT EXISTS fanout_cursor text;
-ALTER TABLE promo.campaigns ADD COLUMN IF NOT EXISTS fanout_started_at int8;
-CREATE INDEX IF NOT EXISTS campaigns_window_idx
-    ON promo.campaigns (adv_campaign_datetime_end, adv_campaign_datetime_start);
-CREATE INDEX IF NOT EXISTS campaigns_restaurant_idx ON promo.campaigns (restaurant_id);
-
--- What each micro-batch of a run did; written in the batch's own transaction.
-CREATE TABLE IF NOT EXISTS promo.campaign_batches (
-    run_id text NOT NULL,
-    batch_id int8 NOT NULL,
-    messages int4 NOT NULL,
-    valid int4 NOT NULL,
-    campaigns_changed int4 NOT NULL,
-    rejected jsonb NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (run_id, batch_id)
-);
-
--- The run's trigger time T (the database's clock) and subscriber watermark W, so every asset
--- of a run, and each asset materialized alone, works from one durable window.
-CREATE TABLE IF NOT EXISTS promo.trigger_window (
-    singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
-    run_id text NOT NULL,
-    trigger_time int8 NOT NULL,
-    subscriber_watermark int8 NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now()
-);
-
--- Triggers committed to Postgres but not yet acknowledged by Kafka: one row per committed
--- slice, naming its rows by the ledger's unique key (one campaign, a client range, the trigger
--- time), never by ids, so rows written by other hands cannot shift it. Resent messages are
--- rebuilt from the stored rows by the same query, so they are byte-identical.
-DROP VIEW IF EXISTS promo.kafka_outbox;
-DROP TABLE IF EXISTS promo.trigger_stage;
-CREATE TABLE IF NOT EXISTS promo.trigger_outbox (
-    slice_id bigserial PRIMARY KEY,
-    run_id text NOT NULL,
-    adv_campaign_id text NOT NULL,
-    client_first text NOT NULL,
-    client_last text NOT NULL,
-    trigger_time int8 NOT NULL,
-    triggers int8 NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
--- Pending triggers, one row each, for people and checks.
-CREATE OR REPLACE VIEW promo.kafka_outbox AS
-SELECT f.adv_campaign_id, f.client_id, o.run_id, o.slice_id
-FROM promo.trigger_outbox o
-JOIN public.subscribers_feedback f
-  ON f.adv_campaign_id = o.adv_campaign_id
- AND f.client_id BETWEEN o.client_first AND o.client_last
- AND f.trigger_datetime_created = o.trigger_time;
-"""
-
 
 def conninfo(settings: Settings, *, dbname: str | None = None) -> str:
     """The same connection string the Dagster resource builds, optionally to another database."""
@@ -129,9 +57,103 @@ def conninfo(settings: Settings, *, dbname: str | None = None) -> str:
     )
 
 
+class SchemaVersionError(RuntimeError):
+    """The database's schema `promo` is not at the revision this code was written for."""
+
+
+def migrations_dir() -> Path:
+    """The package's migrations folder (package data, so installed copies carry it)."""
+    return Path(str(package_files.files("promo_pipeline") / "migrations"))
+
+
+def alembic_config(script_location: Path | None = None) -> Config:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(script_location or migrations_dir()))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+@cache
+def head_revision(script_location: Path | None = None) -> str:
+    """The newest revision among the migration files (there must be exactly one head)."""
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(alembic_config(script_location)).get_heads()
+    if len(heads) != 1:
+        raise SchemaVersionError(f"migrations have {len(heads)} heads ({heads}); expected one")
+    return heads[0]
+
+
+def current_revision(conn: psycopg.Connection) -> str | None:
+    """The revision the database records, or None before its first `promo db upgrade`."""
+    table = f"{VERSION_SCHEMA}.{VERSION_TABLE}"
+    if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+        return None
+    row = conn.execute(f"SELECT version_num FROM {table}").fetchone()
+    return row[0] if row else None
+
+
+def check_schema(conn: psycopg.Connection, script_location: Path | None = None) -> str:
+    """Raise a one-line SchemaVersionError unless the database is at this code's head."""
+    from alembic.script import ScriptDirectory
+
+    head = head_revision(script_location)
+    current = current_revision(conn)
+    if current == head:
+        return head
+    known = {
+        script.revision
+        for script in ScriptDirectory.from_config(alembic_config(script_location)).walk_revisions()
+    }
+    where = f"database {conn.info.dbname} on {conn.info.host}:{conn.info.port}"
+    if current is not None and current not in known:
+        raise SchemaVersionError(
+            f"{where}: schema promo is at revision {current}, newer than this code knows "
+            f"(its newest is {head}); deploy the code that matches the database"
+        )
+    raise SchemaVersionError(
+        f"{where}: schema promo is at revision {current or 'none'}, this code needs {head}; "
+        "run `promo db upgrade`"
+    )
+
+
+def upgrade(
+    settings: Settings, revision: str = "head", script_location: Path | None = None
+) -> tuple[str | None, str]:
+    """The seed's tables where missing (exactly its DDL), then the migrations up to
+    `revision`; returns the revision before and after. One upgrade at a time (advisory lock)."""
+    from alembic import command
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import URL
+    from sqlalchemy.pool import NullPool
+
+    with psycopg.connect(conninfo(settings), autocommit=True) as lock:
+        lock.execute("SELECT pg_advisory_lock(hashtext(%s))", (INIT_LOCK,))
+        lock.execute(SEED_DDL)
+        before = current_revision(lock)
+        url = URL.create(
+            "postgresql+psycopg",
+            username=settings.postgres_user,
+            password=settings.postgres_password or None,
+            host=settings.postgres_host,
+            port=settings.postgres_port,
+            database=settings.postgres_db,
+            query={"connect_timeout": "10", "application_name": "promo_pipeline_migrations"},
+        )
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.begin() as connection:
+                config = alembic_config(script_location)
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+        finally:
+            engine.dispose()
+        after = current_revision(lock)
+    return before, after or "none"
+
+
 def init_db(settings: Settings) -> None:
-    """Create what is missing; safe to run again."""
-    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(hashtext('promo_pipeline.init_db'))")
-        conn.execute(SEED_DDL)
-        conn.execute(PIPELINE_DDL)
+    """Create what is missing and migrate schema `promo` to the head; safe to run again."""
+    upgrade(settings)

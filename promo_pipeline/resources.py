@@ -176,7 +176,15 @@ class PipelineLockResource(ConfigurableResource):
     LOCK_KEY: ClassVar[str] = "promo_pipeline.run"
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
+        from promo_pipeline.db import SchemaVersionError, check_schema
+
         conn = psycopg.connect(self.postgres.conninfo(), autocommit=True)
+        # Before anything is read or written: code and database must agree on schema promo.
+        try:
+            check_schema(conn)
+        except SchemaVersionError as error:
+            conn.close()
+            raise Failure(f"{error}; this run did nothing") from None
         locked = conn.execute(
             "SELECT pg_try_advisory_lock(hashtext(%s))", (self.LOCK_KEY,)
         ).fetchone()
@@ -194,6 +202,22 @@ class PipelineLockResource(ConfigurableResource):
                 " this run did nothing"
             )
         self._conn = conn
+
+    @classmethod
+    def holders(cls, postgres: PostgresResource, timeout_ms: int = 10_000) -> list[int]:
+        """Postgres backends holding the lock in this database: none while a run is STARTED
+        means its process is gone (the lock dies with its connection)."""
+        with postgres.connect(statement_timeout_ms=timeout_ms) as conn:
+            return [
+                row[0]
+                for row in conn.execute(
+                    "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                    "WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND l.objsubid = 1 AND d.datname = current_database() "
+                    "AND l.objid = hashtext(%s)::oid",
+                    (cls.LOCK_KEY,),
+                )
+            ]
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._conn is not None:

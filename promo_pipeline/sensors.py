@@ -1,8 +1,12 @@
-"""Every minute: launch the job when there is work, otherwise say why not."""
+"""Every minute: launch the job when there is work, otherwise say why not; and fail a run
+whose process is gone, so it cannot block every later run."""
+
+import json
 
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
+    RunRecord,
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
@@ -11,7 +15,12 @@ from dagster import (
 )
 
 from promo_pipeline.jobs import promo_job
-from promo_pipeline.resources import KafkaResource, PostgresResource, StateResource
+from promo_pipeline.resources import (
+    KafkaResource,
+    PipelineLockResource,
+    PostgresResource,
+    StateResource,
+)
 from promo_pipeline.work import find_work
 
 ACTIVE_STATUSES = [
@@ -37,16 +46,85 @@ def promo_work_sensor(
     state: StateResource,
 ) -> RunRequest | SkipReason:
     running = context.instance.get_run_records(
-        RunsFilter(job_name=promo_job.name, statuses=ACTIVE_STATUSES), limit=1
+        RunsFilter(job_name=promo_job.name, statuses=ACTIVE_STATUSES)
     )
     if running:
-        run = running[0].dagster_run
-        return SkipReason(
-            f"runs in progress: {run.run_id[:8]} is {run.status.value}; runs never overlap, "
-            "the next tick looks again"
-        )
+        # The oldest STARTED run first: a dead one blocks every queued run behind it.
+        started = [r for r in running if r.dagster_run.status == DagsterRunStatus.STARTED]
+        return check_run_alive(context, started[-1] if started else running[0], postgres)
+    _set_suspect(context, None)
     work = find_work(kafka, postgres, state.checkpoint_dir)
     if not work.due:
         return SkipReason("; ".join(work.idle))
     context.log.info("work found: " + "; ".join(work.reasons))
     return RunRequest(tags={"promo/reason": "; ".join(work.reasons)[:1000]})
+
+
+# A STARTED run holds the pipeline's Postgres lock from its first step to its end. Seen without
+# it on two ticks at least this far apart (and started at least as long ago), its process is
+# gone: the default run launcher cannot tell, so run monitoring would leave it STARTED for ever.
+DEAD_RUN_CONFIRM_S = 45
+
+
+def check_run_alive(
+    context: SensorEvaluationContext, record: RunRecord, postgres: PostgresResource
+) -> SkipReason:
+    """Skip while a run is in progress; mark it failed once it has provably died."""
+    run = record.dagster_run
+    in_progress = SkipReason(
+        f"runs in progress: {run.run_id[:8]} is {run.status.value}; runs never overlap, "
+        "the next tick looks again"
+    )
+    now = time.time()
+    started = record.start_time
+    if run.status != DagsterRunStatus.STARTED or started is None:
+        _set_suspect(context, None)
+        return in_progress
+    holders = PipelineLockResource.holders(postgres)
+    if holders:
+        _set_suspect(context, None)
+        return in_progress
+    suspect = _suspect(context)
+    if suspect is None or suspect[0] != run.run_id:
+        _set_suspect(context, (run.run_id, now))
+        context.log.warning(
+            f"run {run.run_id[:8]} is STARTED but no process holds the pipeline lock; "
+            "it is marked failed if still so at the next tick"
+        )
+        return SkipReason(
+            f"run {run.run_id[:8]} is STARTED without the pipeline lock (dead or just "
+            "starting); checked again at the next tick"
+        )
+    if now - suspect[1] < DEAD_RUN_CONFIRM_S or now - started < DEAD_RUN_CONFIRM_S:
+        return in_progress
+    current = context.instance.get_run_by_id(run.run_id)
+    if current is None or current.status != DagsterRunStatus.STARTED:
+        _set_suspect(context, None)
+        return in_progress
+    message = (
+        f"promo_work_sensor: run {run.run_id} STARTED {now - started:.0f} s ago, but no process "
+        f"has held the pipeline's Postgres lock for {now - suspect[1]:.0f} s: its run worker is "
+        "gone (killed, out of memory, container restarted). Marked failed so later runs can start."
+    )
+    context.log.error(message)
+    context.instance.report_run_failed(current, message)
+    _set_suspect(context, None)
+    return SkipReason(
+        f"marked dead run {run.run_id[:8]} failed (no process held the pipeline lock); "
+        "the next tick looks for work"
+    )
+
+
+def _suspect(context: SensorEvaluationContext) -> tuple[str, float] | None:
+    """The run last seen STARTED without the lock, and since when (kept in the cursor)."""
+    if not context.cursor:
+        return None
+    state = json.loads(context.cursor).get("suspect")
+    return (state["run_id"], float(state["since"])) if state else None
+
+
+def _set_suspect(context: SensorEvaluationContext, suspect: tuple[str, float] | None) -> None:
+    value = {"run_id": suspect[0], "since": suspect[1]} if suspect else None
+    cursor = json.dumps({"suspect": value})
+    if context.cursor != cursor and (context.cursor or suspect):
+        context.update_cursor(cursor)

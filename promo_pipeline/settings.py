@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     promo_input_topic: str = Field("promo_campaigns", description="topic restaurants publish to")
     promo_output_topic: str = Field("promo_triggers", description="topic the push service reads")
     promo_dlq_topic: str = Field("promo_campaigns_dlq", description="rejected input, with reason")
+    promo_topic_partitions: int = Field(
+        -1, description="partitions of each topic created; -1: the broker's num.partitions"
+    )
+    promo_topic_replication_factor: int = Field(
+        -1,
+        description="replicas of each topic created; -1: the broker's default.replication.factor",
+    )
     postgres_host: str = Field("127.0.0.1", description="Postgres host")
     postgres_port: int = Field(5432, ge=1, le=65535, description="Postgres port")
     postgres_db: str = Field("promo", min_length=1, description="database name")
@@ -87,6 +94,13 @@ class Settings(BaseSettings):
     def _topic(cls, value: str) -> str:
         if not TOPIC_NAME.match(value):
             raise ValueError(f"not a valid Kafka topic name: {value!r}")
+        return value
+
+    @field_validator("promo_topic_partitions", "promo_topic_replication_factor")
+    @classmethod
+    def _broker_default_or_positive(cls, value: int) -> int:
+        if value != -1 and value < 1:
+            raise ValueError(f"expected -1 (the broker's default) or a number >= 1, got {value}")
         return value
 
     @field_validator("promo_state_dir")

@@ -11,26 +11,36 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from promo_pipeline.resources import KafkaResource
 
-PARTITIONS = {"input": 3, "output": 3, "dlq": 1}
+# -1 leaves the number to the broker (`num.partitions`, `default.replication.factor`), so a
+# managed cluster's replication applies unless the settings ask otherwise.
+BROKER_DEFAULT = -1
 # A rejected message keeps its original bytes (up to the input topic's limit) and gains reason
 # headers, so the DLQ must take larger messages than the input does (the DLQ producer's limit).
 DLQ_CONFIG = {"max.message.bytes": str(4 * 1024 * 1024)}
 
 
-def ensure_topics(kafka: KafkaResource, timeout: float = 30.0) -> list[str]:
-    """Create whichever topics are missing; returns the ones created."""
+def ensure_topics(
+    kafka: KafkaResource,
+    *,
+    partitions: int = BROKER_DEFAULT,
+    replication_factor: int = BROKER_DEFAULT,
+    timeout: float = 30.0,
+) -> list[str]:
+    """Create whichever topics are missing, with `partitions` and `replication_factor` each
+    (-1: the broker's default); returns the ones created. Existing topics are left as they are."""
     # Warnings and errors only: librdkafka's info line about purged background events on close
     # is noise in `promo stack up`.
     admin = AdminClient(kafka.client_config(log_level=4))
-    wanted = {
-        kafka.input_topic: PARTITIONS["input"],
-        kafka.output_topic: PARTITIONS["output"],
-        kafka.dlq_topic: PARTITIONS["dlq"],
-    }
+    wanted = (kafka.input_topic, kafka.output_topic, kafka.dlq_topic)
     existing = admin.list_topics(timeout=timeout).topics
     missing = [
-        NewTopic(name, count, 1, config=DLQ_CONFIG if name == kafka.dlq_topic else {})
-        for name, count in wanted.items()
+        NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=replication_factor,
+            config=DLQ_CONFIG if name == kafka.dlq_topic else {},
+        )
+        for name in wanted
         if name not in existing
     ]
     if not missing:

@@ -1,22 +1,55 @@
 """Production mode in miniature: the Dagster daemon ticks the sensor, the queued run
-coordinator launches the job in its own process, and a trigger arrives in both sinks."""
+coordinator launches the job in its own process, and a trigger arrives in both sinks; and a run
+whose worker and code server die mid-run (a user_code container restart) does not block the
+pipeline: it is marked failed and the work is done by a later run."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from promo_pipeline.stack._proc import stop_process_group
 from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
+from promo_pipeline_tests.faults import poll
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark, pytest.mark.daemon]
 
 REPO = Path(__file__).resolve().parents[1]
+DONE = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+
+
+@contextmanager
+def dagster_daemon(log_file: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`dagster-daemon run` on the repo's workspace, in its own process group (it starts the
+    code server, which starts each run's worker)."""
+    with log_file.open("w") as log:
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"],
+            cwd=REPO,
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield daemon
+        finally:
+            stop_process_group(daemon.pid, timeout=30)
+            daemon.wait(10)
+
+
+def promo_runs() -> list[DagsterRun]:
+    """promo_job's runs, newest first."""
+    return list(DagsterInstance.get().get_runs(RunsFilter(job_name="promo_job")))
 
 
 def test_daemon_sensor_launches_job_and_trigger_reaches_both_sinks(
@@ -25,26 +58,17 @@ def test_daemon_sensor_launches_job_and_trigger_reaches_both_sinks(
     pipeline.subscribe((SEED_CLIENT, SEED_CAMPAIGN["restaurant_id"]))
     pipeline.publish(SEED_CAMPAIGN)
 
-    log = (tmp_path / "daemon.log").open("w")
-    daemon = subprocess.Popen(
-        [str(Path(os.sys.executable).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
+    log = tmp_path / "daemon.log"
+    with dagster_daemon(log) as daemon:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not pipeline.pairs():
-            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            assert daemon.poll() is None, log.read_text()[-3000:]
             time.sleep(2)
         assert pipeline.pairs() == {(SEED_CAMPAIGN["adv_campaign_id"], SEED_CLIENT)}, (
-            tmp_path / "daemon.log"
-        ).read_text()[-3000:]
-        instance = DagsterInstance.get()
+            log.read_text()[-3000:]
+        )
         while time.monotonic() < deadline:
-            runs = instance.get_runs(RunsFilter(job_name="promo_job"))
+            runs = promo_runs()
             if runs and runs[0].status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE):
                 break
             time.sleep(1)
@@ -54,7 +78,108 @@ def test_daemon_sensor_launches_job_and_trigger_reaches_both_sinks(
         assert run.tags["dagster/sensor_name"] == "promo_work_sensor"
         [message] = pipeline.output()
         assert message.key() == SEED_CLIENT.encode()
-    finally:
-        stop_process_group(daemon.pid, timeout=30)
-        daemon.wait(10)
-        log.close()
+
+
+def _parent(pid: int) -> int:
+    # /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ')'.
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and every live descendant of it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(_parent(int(entry.name)), []).append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def test_run_killed_with_its_code_server_is_failed_and_a_later_run_does_the_work(
+    pipeline: Pipeline, dagster_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL to the run worker, its Spark JVM and the code server that launched it, as a
+    user_code container restart does: the default run launcher cannot see the run die, so
+    without the sensor's lock check it stayed STARTED and held the one-run limit for ever."""
+    due = pipeline.publish_active(campaigns=2, clients=3)
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    # Inherited by the code server and so by every run it launches: the first run pauses once
+    # its first micro-batch is committed; later runs pass (the release file exists by then).
+    monkeypatch.setenv("PROMO_FAULT_AT", "campaign_batch.committed")
+    monkeypatch.setenv("PROMO_FAULT_DIR", str(faults))
+    reached = faults / "campaign_batch.committed.reached"
+
+    log = tmp_path / "daemon.log"
+    with dagster_daemon(log) as daemon:
+
+        def paused() -> bool:
+            assert daemon.poll() is None, log.read_text()[-3000:]
+            return reached.exists() and reached.read_text().strip().isdigit()
+
+        poll(paused, 300, "the first run to pause at campaign_batch.committed", interval=1)
+        [victim] = promo_runs()
+        assert victim.status == DagsterRunStatus.STARTED
+        worker = int(reached.read_text())
+        code_server = _parent(worker)
+        # The worker is the code server's (multiprocessing) child; its Spark JVM is the worker's.
+        assert "api grpc" in _cmdline(code_server), _cmdline(code_server)
+        doomed = _tree(code_server)
+        assert worker in doomed and any("java" in _cmdline(pid) for pid in doomed)
+        for pid in doomed:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        (faults / "campaign_batch.committed.release").write_text("go")
+
+        def victim_done() -> DagsterRun | None:
+            assert daemon.poll() is None, log.read_text()[-3000:]
+            run = DagsterInstance.get().get_run_by_id(victim.run_id)
+            return run if run is not None and run.status in DONE else None
+
+        ended = poll(victim_done, 300, f"run {victim.run_id[:8]} to be marked failed", 2)
+        failed_after = time.monotonic() - killed_at
+        assert ended.status == DagsterRunStatus.FAILURE
+        [failure] = [
+            event
+            for event in DagsterInstance.get().all_logs(victim.run_id)
+            if event.dagster_event is not None
+            and event.dagster_event.event_type_value == "PIPELINE_FAILURE"
+        ]
+        assert "pipeline's Postgres lock" in failure.dagster_event.message
+
+        def later_success() -> DagsterRun | None:
+            assert daemon.poll() is None, log.read_text()[-3000:]
+            return next(
+                (
+                    run
+                    for run in promo_runs()
+                    if run.run_id != victim.run_id and run.status == DagsterRunStatus.SUCCESS
+                ),
+                None,
+            )
+
+        follower = poll(later_success, 400, "a later promo_job run to succeed", 2)
+        recovered_after = time.monotonic() - killed_at
+    how = "retry" if "dagster/parent_run_id" in follower.tags else "sensor"
+    print(
+        f"\nkilled {len(doomed)} processes (code server {code_server}, run worker {worker}); "
+        f"run {victim.run_id[:8]} marked FAILURE after {failed_after:.0f} s; run "
+        f"{follower.run_id[:8]} ({how})"
+        f" SUCCESS after {recovered_after:.0f} s"
+    )
+    assert failed_after < 300
+    assert pipeline.pairs() == due
+    assert {message.key() for message in pipeline.output()} == {
+        client.encode() for _, client in due
+    }

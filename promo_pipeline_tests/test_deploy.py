@@ -29,6 +29,11 @@ COMPOSE_VERSION = "v2.40.3"
 PROMO_SERVICES = {"init", "user_code", "webserver", "daemon"}
 # Read by dagster.yaml (the instance) rather than by Settings.
 INSTANCE_ENV = {"DAGSTER_PG_DB", "DAGSTER_HOME"}
+# Read by Dagster's code server: the image the run launcher starts each run from.
+IMAGE_ENV = {"DAGSTER_CURRENT_IMAGE"}
+IMAGE = "promo-pipeline:latest"
+# Needed by every `docker compose config` below: the daemon's access to the Docker socket.
+DOCKER_ENV = {"DOCKER_GID": "999"}
 
 
 def _build_compose(dest: Path) -> None:
@@ -82,11 +87,15 @@ def compose() -> list[str]:
     return [str(binary)]
 
 
-def compose_config(compose: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`docker compose config` in a clean environment: only PATH, HOME and `env`."""
+def compose_config(
+    compose: list[str], env: dict[str, str], *extra_files: Path
+) -> subprocess.CompletedProcess[str]:
+    """`docker compose config` in a clean environment: only PATH, HOME and `env`; the repo's
+    compose file, then `extra_files` layered over it."""
     clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), **env}
+    files = [REPO / "docker-compose.yml", *extra_files]
     return subprocess.run(
-        [*compose, "-f", str(REPO / "docker-compose.yml"), "config", "--format", "json"],
+        [*compose, *(arg for f in files for arg in ("-f", str(f))), "config", "--format", "json"],
         cwd=REPO,
         env=clean,
         capture_output=True,
@@ -98,7 +107,7 @@ def compose_config(compose: list[str], env: dict[str, str]) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def resolved(compose: list[str]) -> tuple[dict[str, Any], str]:
     password = secrets.token_hex(12)
-    result = compose_config(compose, {"POSTGRES_PASSWORD": password})
+    result = compose_config(compose, {"POSTGRES_PASSWORD": password, **DOCKER_ENV})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), password
 
@@ -112,13 +121,13 @@ def test_compose_parses_and_resolves(resolved: tuple[dict[str, Any], str]) -> No
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
     for name in PROMO_SERVICES:
         service = services[name]
-        assert service["image"] == "promo-pipeline:latest"
-        assert Path(service["build"]["context"]) == REPO
+        assert service["image"] == IMAGE
         assert service["environment"]["POSTGRES_PASSWORD"] == password
-    # Checkpoint and state live on the named volume, mounted where runs execute.
+    assert Path(services["init"]["build"]["context"]) == REPO
+    # Checkpoint and state live on the named volume, mounted where the sensor reads them.
     state_dir = Path(services["user_code"]["environment"]["PROMO_STATE_DIR"])
-    [mount] = services["user_code"]["volumes"]
-    assert mount["type"] == "volume" and mount["source"] == "promo_state"
+    [mount] = [m for m in services["user_code"]["volumes"] if m["source"] == "promo_state"]
+    assert mount["type"] == "volume"
     assert state_dir.is_relative_to(mount["target"])
     assert "promo_state" in config["volumes"]
     assert services["webserver"]["command"][-1] == services["daemon"]["command"][-1]
@@ -134,7 +143,7 @@ def test_compose_passes_only_settings_the_code_reads(
     resolved: tuple[dict[str, Any], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, _ = resolved
-    known = {name.upper() for name in Settings.model_fields} | INSTANCE_ENV
+    known = {name.upper() for name in Settings.model_fields} | INSTANCE_ENV | IMAGE_ENV
     instance_env = set(re.findall(r"env:\s*(\w+)", (REPO / "dagster.yaml").read_text()))
     for name in PROMO_SERVICES:
         environment: dict[str, str] = config["services"][name]["environment"]
@@ -153,7 +162,7 @@ def test_compose_passes_only_settings_the_code_reads(
 
 
 def test_compose_refuses_to_start_without_a_password(compose: list[str]) -> None:
-    result = compose_config(compose, {})
+    result = compose_config(compose, DOCKER_ENV)
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr
     text = (REPO / "docker-compose.yml").read_text()
@@ -168,7 +177,7 @@ def test_image_bakes_the_jars_the_resolver_produces() -> None:
         jar.name for jar in maven.spark_jars()
     )
     assert "openjdk-17-jre-headless" in dockerfile
-    assert "COPY dagster.yaml /opt/dagster/home/dagster.yaml" in dockerfile
+    assert "COPY docker/dagster.yaml /opt/dagster/home/dagster.yaml" in dockerfile
     env = yaml.safe_load((REPO / "docker-compose.yml").read_text())["x-promo-env"]
     assert env["DAGSTER_HOME"] == "/opt/dagster/home"
     workspace = yaml.safe_load((REPO / "docker" / "workspace.yaml").read_text())
@@ -197,6 +206,150 @@ def test_dagster_instance_is_production_ready(monkeypatch: pytest.MonkeyPatch) -
     from promo_pipeline.jobs import promo_job
 
     assert promo_job.tags["promo/pipeline"]
+    # A retry re-runs the whole job, as often as dagster.yaml says; a hung run is bounded.
+    assert promo_job.tags["dagster/retry_strategy"] == "ALL_STEPS"
+    assert "dagster/max_retries" not in promo_job.tags
+    assert 0 < int(promo_job.tags["dagster/max_runtime"]) <= 4 * 3600
     assert config["run_monitoring"]["enabled"]
     assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
     assert config["run_retries"]["enabled"] and config["run_retries"]["max_retries"] >= 1
+
+
+# -- the layout of Dagster's deploy_docker example ---------------------------------------------
+
+
+def _launcher() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "docker" / "dagster.yaml").read_text())["run_launcher"]
+
+
+def test_runs_get_containers_of_their_own(resolved: tuple[dict[str, Any], str]) -> None:
+    """The daemon launches each run in a new container (DockerRunLauncher) on the compose
+    network, with the settings and the volumes user_code has: redeploying user_code kills no
+    run, and run monitoring can see a run's container die."""
+    config, _ = resolved
+    services = config["services"]
+    launcher = _launcher()
+    assert (launcher["module"], launcher["class"]) == ("dagster_docker", "DockerRunLauncher")
+    settings = launcher["config"]
+    assert settings["network"] == config["networks"]["default"]["name"]
+    user_code = services["user_code"]
+    assert user_code["environment"]["DAGSTER_CURRENT_IMAGE"] == user_code["image"] == IMAGE
+    assert set(settings["env_vars"]) == set(user_code["environment"]) - IMAGE_ENV
+    # The run container mounts the same named volumes, at the same places, as user_code.
+    mounts = {
+        f"{config['volumes'][m['source']]['name']}:{m['target']}" for m in user_code["volumes"]
+    }
+    assert {v.removesuffix(":ro") for v in settings["container_kwargs"]["volumes"]} == mounts
+    # The daemon launches through the Docker socket, the webserver terminates through it.
+    for name in ("daemon", "webserver"):
+        assert "/var/run/docker.sock" in [m["source"] for m in services[name]["volumes"]]
+        assert services[name]["group_add"] == [DOCKER_ENV["DOCKER_GID"]]
+    # The image's instance file is the repo's plus the launcher, nothing else.
+    docker_instance = yaml.safe_load((REPO / "docker" / "dagster.yaml").read_text())
+    del docker_instance["run_launcher"]
+    assert docker_instance == yaml.safe_load((REPO / "dagster.yaml").read_text())
+
+
+def test_docker_instance_validates_with_dagster_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker/dagster.yaml against Dagster's own schema, the launcher's config included."""
+    pytest.importorskip("dagster_docker", reason="pip install -e '.[docker]'")
+    from dagster._core.instance.config import dagster_instance_config
+
+    for var in ("POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_PASSWORD", "DAGSTER_PG_DB"):
+        monkeypatch.setenv(var, "x")
+    monkeypatch.setenv("POSTGRES_PORT", "5432")
+    config, _ = dagster_instance_config(str(REPO / "docker"))
+    assert config["run_launcher"]["class"] == "DockerRunLauncher"
+
+
+def test_image_is_built_once_and_reused(resolved: tuple[dict[str, Any], str]) -> None:
+    config, _ = resolved
+    services = config["services"]
+    assert [name for name, service in services.items() if "build" in service] == ["init"]
+    ours = {name for name, service in services.items() if service["image"] == IMAGE}
+    assert ours == PROMO_SERVICES | {"spark_connect"}
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert 'pip install --no-cache-dir ".[docker]"' in dockerfile
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"dagster-docker==0.29.27"' in pyproject and '"dagster==1.13.27"' in pyproject
+
+
+def test_user_code_is_health_checked_over_grpc(resolved: tuple[dict[str, Any], str]) -> None:
+    config, _ = resolved
+    services = config["services"]
+    user_code = services["user_code"]
+    port = user_code["command"][user_code["command"].index("-p") + 1]
+    assert user_code["healthcheck"]["test"] == [
+        "CMD",
+        "dagster",
+        "api",
+        "grpc-health-check",
+        "-p",
+        port,
+    ]
+    for name in ("webserver", "daemon"):
+        assert services[name]["depends_on"]["user_code"]["condition"] == "service_healthy"
+
+
+def test_every_service_runs_as_a_non_root_user(resolved: tuple[dict[str, Any], str]) -> None:
+    config, _ = resolved
+    for name, service in config["services"].items():
+        user = service.get("user", "root").split(":")[0]
+        assert user not in ("root", "0", ""), f"{name} runs as root"
+    [last_user] = re.findall(r"^USER (\S+)", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    assert last_user.split(":")[0] not in ("root", "0")
+    assert last_user == config["services"]["user_code"]["user"]
+
+
+def test_postgres_is_published_only_when_asked(
+    compose: list[str], resolved: tuple[dict[str, Any], str]
+) -> None:
+    config, password = resolved
+    assert "ports" not in config["services"]["postgres"]
+    env = {"POSTGRES_PASSWORD": password, **DOCKER_ENV}
+    result = compose_config(compose, env, REPO / "docker" / "expose-postgres.yml")
+    assert result.returncode == 0, result.stderr
+    [port] = json.loads(result.stdout)["services"]["postgres"]["ports"]
+    assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "5432", 5432)
+
+
+def test_kafka_health_check_starts_no_jvm(resolved: tuple[dict[str, Any], str]) -> None:
+    config, _ = resolved
+    check = config["services"]["kafka"]["healthcheck"]
+    assert check["test"] == ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9092"]
+    assert not any(".sh" in part or "java" in part for part in check["test"])
+
+
+def test_ca_mount_example_covers_every_reader(
+    compose: list[str], resolved: tuple[dict[str, Any], str], tmp_path: Path
+) -> None:
+    """The override in docs/deployment.md, applied with the real Compose CLI: every container
+    that reads KAFKA_SSL_CA_LOCATION (the code location, init, the Spark Connect server's
+    executors, each run's container) sees the CA at that path."""
+    _, password = resolved
+    docs = (REPO / "docs" / "deployment.md").read_text()
+    [example] = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "promo_config" in b]
+    [ca_path] = re.findall(r"KAFKA_SSL_CA_LOCATION=(\S+)", docs.split(example)[1])[:1]
+    override = tmp_path / "docker-compose.override.yml"
+    override.write_text(example)
+    env = {"POSTGRES_PASSWORD": password, **DOCKER_ENV, "KAFKA_SSL_CA_LOCATION": ca_path}
+    result = compose_config(compose, env, override)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    readers = {
+        name
+        for name, service in config["services"].items()
+        if "KAFKA_SSL_CA_LOCATION" in service.get("environment", {})
+    } | {"spark_connect"}
+    assert readers >= {"init", "user_code", "spark_connect"}
+    for name in readers:
+        service = config["services"][name]
+        assert service.get("environment", {}).get("KAFKA_SSL_CA_LOCATION", ca_path) == ca_path
+        [mount] = [m for m in service["volumes"] if m["source"] == "promo_config"]
+        assert Path(ca_path).parent == Path(mount["target"]), name
+    volume = config["volumes"]["promo_config"]
+    assert (
+        volume["driver_opts"]["o"] == "bind" and Path(volume["driver_opts"]["device"]).is_absolute()
+    )
+    runs = [v for v in _launcher()["config"]["container_kwargs"]["volumes"] if "promo_config" in v]
+    assert [v.split(":")[:2] for v in runs] == [[volume["name"], str(Path(ca_path).parent)]]

@@ -84,3 +84,69 @@ def test_sensor_waits_for_held_campaign_and_never_overlaps_runs(pipeline: Pipeli
     busy = tick(pipeline, instance)
     assert isinstance(busy, SkipReason)
     assert "runs never overlap" in busy.skip_message
+
+
+def test_sensor_fails_a_started_run_only_while_nobody_holds_the_pipeline_lock(
+    pipeline: Pipeline,
+) -> None:
+    """A STARTED run whose process is gone holds no lock: seen so on two ticks
+    DEAD_RUN_CONFIRM_S apart it is marked failed, even with a run queued behind it. A run
+    holding the lock never is."""
+    import json
+
+    import psycopg
+    from dagster import DagsterEvent, DagsterEventType
+
+    from promo_pipeline.db import conninfo
+    from promo_pipeline.resources import PipelineLockResource
+    from promo_pipeline.sensors import DEAD_RUN_CONFIRM_S
+
+    instance = DagsterInstance.ephemeral()
+    run = instance.add_run(
+        DagsterRun(job_name="promo_job", run_id=new_uuid(), status=DagsterRunStatus.NOT_STARTED)
+    )
+    instance.report_dagster_event(
+        DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name="promo_job"),
+        run_id=run.run_id,
+    )
+    [record] = instance.get_run_records()
+    started = record.start_time
+    assert record.dagster_run.status == DagsterRunStatus.STARTED and started
+    # A newer run waits behind it (the one-run tag limit): the sensor must still look at the
+    # STARTED one. (NOT_STARTED: a QUEUED run needs a code location's origin.)
+    waiting = instance.add_run(
+        DagsterRun(job_name="promo_job", run_id=new_uuid(), status=DagsterRunStatus.NOT_STARTED)
+    )
+
+    def tick_with(cursor: str | None) -> tuple[RunRequest | SkipReason, str | None]:
+        context = build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            resources={
+                "kafka": kafka_resource(pipeline.settings),
+                "postgres": postgres_resource(pipeline.settings),
+                "state": state_resource(pipeline.settings),
+            },
+        )
+        return promo_work_sensor(context), context.cursor
+
+    # Alive: it holds the lock, so even a suspicion from long ago is dropped.
+    long_ago = json.dumps({"suspect": {"run_id": run.run_id, "since": started - 3600}})
+    with psycopg.connect(conninfo(pipeline.settings), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (PipelineLockResource.LOCK_KEY,))
+        alive, cursor = tick_with(long_ago)
+        assert "runs never overlap" in alive.skip_message
+        assert json.loads(cursor) == {"suspect": None}
+    # Gone: the lock went with its connection. First a suspicion, then, a tick later, a failure.
+    first, cursor = tick_with(cursor)
+    assert "STARTED without the pipeline lock" in first.skip_message
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED
+    since = json.loads(cursor)["suspect"]["since"]
+    while time.time() < max(since, started) + DEAD_RUN_CONFIRM_S:  # the clock, not a sync
+        time.sleep(0.5)
+    second, _ = tick_with(cursor)
+    assert f"marked dead run {run.run_id[:8]} failed" in second.skip_message
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+    # The slot is free: the waiting run is what the next tick waits for.
+    after, _ = tick_with(None)
+    assert f"{waiting.run_id[:8]} is NOT_STARTED" in after.skip_message

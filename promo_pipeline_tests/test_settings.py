@@ -26,6 +26,8 @@ def no_stack_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
         ("KAFKA_SSL_CA_LOCATION", "/nonexistent/ca.pem", "no such file"),
         ("PROMO_MAX_OFFSETS_PER_TRIGGER", "0", "greater than 0"),
         ("PROMO_SPARK_JARS", "/nonexistent.jar", "no such jar"),
+        ("PROMO_TOPIC_PARTITIONS", "0", "-1 (the broker's default) or a number >= 1"),
+        ("PROMO_TOPIC_REPLICATION_FACTOR", "-2", "-1 (the broker's default) or a number >= 1"),
     ],
 )
 def test_malformed_setting_is_named(
@@ -35,6 +37,18 @@ def test_malformed_setting_is_named(
     with pytest.raises(SettingsError) as error:
         load_settings()
     assert name in str(error.value) and words in str(error.value)
+
+
+def test_topic_layout_defaults_to_the_brokers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, topics get the broker's partitions and replication (-1 is Kafka's "default")."""
+    for name in ("PROMO_TOPIC_PARTITIONS", "PROMO_TOPIC_REPLICATION_FACTOR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert (settings.promo_topic_partitions, settings.promo_topic_replication_factor) == (-1, -1)
+    monkeypatch.setenv("PROMO_TOPIC_PARTITIONS", "6")
+    monkeypatch.setenv("PROMO_TOPIC_REPLICATION_FACTOR", "3")
+    settings = load_settings()
+    assert (settings.promo_topic_partitions, settings.promo_topic_replication_factor) == (6, 3)
 
 
 def test_sasl_needs_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
