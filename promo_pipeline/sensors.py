@@ -2,6 +2,7 @@
 whose process is gone, so it cannot block every later run."""
 
 import json
+import time
 
 from dagster import (
     DagsterRunStatus,

@@ -27,7 +27,13 @@ from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
 pytestmark = pytest.mark.stack
 
 SEED_TABLES = ("subscribers_restaurants", "subscribers_feedback")
-PROMO_OBJECTS = {"alembic_version", "campaigns", "campaign_batches", "kafka_outbox_runs"}
+PROMO_OBJECTS = {
+    "alembic_version",
+    "campaigns",
+    "campaign_batches",
+    "trigger_outbox",
+    "trigger_window",
+}
 
 
 def _columns_and_constraints(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
@@ -50,7 +56,7 @@ def test_upgrade_migrates_to_head_and_repeats_as_a_no_op(
     pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pipeline.connect() as conn:
-        assert current_revision(conn) == head_revision() == "0001_baseline"
+        assert current_revision(conn) == head_revision()
         tables = {
             row[0]
             for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'promo'")
@@ -58,7 +64,7 @@ def test_upgrade_migrates_to_head_and_repeats_as_a_no_op(
         assert tables >= PROMO_OBJECTS
     assert main(["db", "upgrade"]) == 0
     out = capsys.readouterr().out
-    assert "schema promo at revision 0001_baseline (up to date)" in out
+    assert f"schema promo at revision {head_revision()} (up to date)" in out
 
 
 def test_seed_tables_stay_exactly_as_the_seed_ddl_says(
@@ -92,12 +98,12 @@ def test_a_run_refuses_a_database_behind_the_code_until_promo_db_upgrade(
     with capsys.disabled():
         print(f"\n{line}")
     assert line.startswith("  FAILED before any step: database ")
-    assert "schema promo is at revision none, this code needs 0001_baseline" in line
+    assert f"schema promo is at revision none, this code needs {head_revision()}" in line
     assert "this run did nothing" in line
     assert pipeline.pairs() == set()
 
     assert main(["db", "upgrade"]) == 0
-    assert "upgraded from none to 0001_baseline" in capsys.readouterr().out
+    assert f"upgraded from none to {head_revision()}" in capsys.readouterr().out
     pipeline.run_ok()
     assert pipeline.pairs() == {(SEED_CAMPAIGN["adv_campaign_id"], SEED_CLIENT)}
 
@@ -106,8 +112,8 @@ LATER = '''"""A later revision, as another developer would add it: one file."""
 
 from alembic import op
 
-revision = "0002_later"
-down_revision = "0001_baseline"
+revision = "9999_later"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -126,15 +132,16 @@ def downgrade() -> None:
 def test_a_later_revision_is_one_new_file(pipeline: Pipeline, tmp_path: Path) -> None:
     later = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), later, ignore=shutil.ignore_patterns("__pycache__"))
-    (later / "versions" / "0002_later.py").write_text(LATER)
-    assert head_revision(later) == "0002_later"
+    head = head_revision()
+    (later / "versions" / "9999_later.py").write_text(LATER.replace("{head}", head))
+    assert head_revision(later) == "9999_later"
 
-    behind = r"needs 0002_later; run `promo db upgrade`"
+    behind = r"needs 9999_later; run `promo db upgrade`"
     with pipeline.connect() as conn, pytest.raises(SchemaVersionError, match=behind):
         check_schema(conn, later)
-    assert upgrade(pipeline.settings, script_location=later) == ("0001_baseline", "0002_later")
+    assert upgrade(pipeline.settings, script_location=later) == (head, "9999_later")
     with pipeline.connect() as conn:
-        assert check_schema(conn, later) == "0002_later"
+        assert check_schema(conn, later) == "9999_later"
         conn.execute("INSERT INTO promo.later VALUES (1)")
         # Code that knows only the baseline refuses the newer database, saying so.
         with pytest.raises(SchemaVersionError, match="newer than this code knows"):

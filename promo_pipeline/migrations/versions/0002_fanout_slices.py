@@ -1,5 +1,6 @@
 """Fan-out in slices: per-campaign fan-out progress, the run's window, an outbox of committed
-slices named by the ledger's unique key, and subscribers matched case-insensitively.
+slices named by the ledger's unique key, and subscribers matched case-insensitively. Every
+statement is IF (NOT) EXISTS, so a database already in this shape is adopted as it is.
 
 Revision ID: 0002_fanout_slices
 Revises: 0001_baseline
@@ -17,13 +18,14 @@ UPGRADE = [
     # the previous version must deliver them first.
     """DO $$
     BEGIN
-        IF EXISTS (SELECT 1 FROM promo.kafka_outbox_runs) THEN
+        IF to_regclass('promo.kafka_outbox_runs') IS NOT NULL
+           AND EXISTS (SELECT 1 FROM promo.kafka_outbox_runs) THEN
             RAISE EXCEPTION 'promo.kafka_outbox_runs holds undelivered triggers: run the '
                 'previous version once to deliver them, then upgrade';
         END IF;
     END $$""",
     "DROP VIEW IF EXISTS promo.kafka_outbox",
-    "DROP TABLE promo.kafka_outbox_runs",
+    "DROP TABLE IF EXISTS promo.kafka_outbox_runs",
     # UUIDs compare case-insensitively: subscribers are matched and triggered in lower case. The
     # INCLUDEd raw columns let a restaurant's fan-out be an index-only scan in client order.
     "DROP INDEX IF EXISTS public.subscribers_restaurants_restaurant_idx",
@@ -34,13 +36,13 @@ UPGRADE = [
     # subscriber of the restaurant has been triggered (NULL: the full fan-out is not done);
     # `fanout_cursor` is the last client of a full fan-out in progress, `fanout_started_at` the
     # watermark it started from.
-    "ALTER TABLE promo.campaigns ADD COLUMN fanout_through int8",
-    "ALTER TABLE promo.campaigns ADD COLUMN fanout_cursor text",
-    "ALTER TABLE promo.campaigns ADD COLUMN fanout_started_at int8",
-    "CREATE INDEX campaigns_restaurant_idx ON promo.campaigns (restaurant_id)",
+    "ALTER TABLE promo.campaigns ADD COLUMN IF NOT EXISTS fanout_through int8",
+    "ALTER TABLE promo.campaigns ADD COLUMN IF NOT EXISTS fanout_cursor text",
+    "ALTER TABLE promo.campaigns ADD COLUMN IF NOT EXISTS fanout_started_at int8",
+    "CREATE INDEX IF NOT EXISTS campaigns_restaurant_idx ON promo.campaigns (restaurant_id)",
     # The run's trigger time T (the database's clock) and subscriber watermark W, so every asset
     # of a run, and each asset materialized alone, works from one durable window.
-    """CREATE TABLE promo.trigger_window (
+    """CREATE TABLE IF NOT EXISTS promo.trigger_window (
         singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
         run_id text NOT NULL,
         trigger_time int8 NOT NULL,
@@ -50,7 +52,7 @@ UPGRADE = [
     # Triggers committed to Postgres but not yet acknowledged by Kafka: one row per committed
     # slice, naming its rows by the ledger's unique key (one campaign, a client range, the
     # trigger time), never by ids, so rows written by other hands cannot shift it.
-    """CREATE TABLE promo.trigger_outbox (
+    """CREATE TABLE IF NOT EXISTS promo.trigger_outbox (
         slice_id bigserial PRIMARY KEY,
         run_id text NOT NULL,
         adv_campaign_id text NOT NULL,
