@@ -22,7 +22,13 @@ from promo_pipeline.resources import (
     PostgresResource,
     StateResource,
 )
-from promo_pipeline.schema import CAMPAIGN_COLUMNS, Campaign, Rejection, parse_campaign
+from promo_pipeline.schema import (
+    CAMPAIGN_COLUMNS,
+    Campaign,
+    Rejection,
+    cancelled,
+    parse_campaign,
+)
 from promo_pipeline.topics import produce_all
 from promo_pipeline.work import committed_offsets
 
@@ -126,6 +132,28 @@ class DeadLetters:
             )
 
 
+def known_campaigns(conninfo: str, outcomes: list[tuple[Any, ...]]) -> set[str]:
+    """Of the ids in end <= start messages, those already stored or valid in this batch: only
+    a campaign that exists can be cancelled; for any other id it stays a producer error."""
+    candidates = {
+        o.fields.adv_campaign_id
+        for o, *_ in outcomes
+        if isinstance(o, Rejection) and o.fields is not None
+    }
+    if not candidates:
+        return set()
+    in_batch = {o.adv_campaign_id for o, *_ in outcomes if isinstance(o, Campaign)}
+    with psycopg.connect(conninfo) as conn:
+        stored = {
+            row[0]
+            for row in conn.execute(
+                "SELECT adv_campaign_id FROM promo.campaigns WHERE adv_campaign_id = ANY(%s)",
+                (list(candidates),),
+            )
+        }
+    return (stored | in_batch) & candidates
+
+
 RECORD_BATCH = """
 INSERT INTO promo.campaign_batches
     (run_id, batch_id, messages, valid, campaigns_changed, rejected)
@@ -147,10 +175,20 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
     valid: list[tuple[Campaign, int, int]] = []
     rejected: Counter[str] = Counter()
     dead_letters = DeadLetters(target.kafka_config, target.dlq_topic)
-    for key, value, topic, partition, offset in zip(*columns, strict=True):
-        outcome = parse_campaign(value)
+    outcomes = [
+        (parse_campaign(value), key, value, topic, partition, offset)
+        for key, value, topic, partition, offset in zip(*columns, strict=True)
+    ]
+    known = known_campaigns(target.conninfo, outcomes)
+    cancels = 0
+    for outcome, key, value, topic, partition, offset in outcomes:
         if isinstance(outcome, Campaign):
             valid.append((outcome, partition, offset))
+        elif outcome.fields is not None and outcome.fields.adv_campaign_id in known:
+            # end <= start for a campaign we know: its cancellation, stored so it never fires
+            # (the upsert keeps it only if it is at least as new as the stored version).
+            valid.append((cancelled(outcome.fields), partition, offset))
+            cancels += 1
         else:
             rejected[outcome.code] += 1
             dead_letters.send(key, value, outcome, f"{topic}/{partition}/{offset}")
@@ -174,10 +212,12 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
             (target.run_id, batch_id, table.num_rows, len(valid), changed, Jsonb(rejected)),
         )
     log.info(
-        "campaign micro-batch %s: %s messages, %s valid, %s campaigns changed, rejected %s",
+        "campaign micro-batch %s: %s messages, %s valid (%s cancellations), %s campaigns "
+        "changed, rejected %s",
         batch_id,
         table.num_rows,
         len(valid),
+        cancels,
         changed,
         dict(rejected) or 0,
     )
