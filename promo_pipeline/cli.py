@@ -55,7 +55,11 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
     stack = LocalStack(_stack_dir(args), spark=args.spark)
     if args.action == "up":
-        env = stack.up()
+        try:
+            env = stack.up()
+        except RuntimeError as error:
+            # A missing tool or a service that would not start: its first line says which.
+            raise UserError(f"stack up failed: {str(error).strip().splitlines()[0]}") from None
         os.environ.update(env)
         settings = load_settings()
         prepare(settings)
@@ -168,9 +172,22 @@ def run_job() -> tuple[bool, str]:
     from promo_pipeline.definitions import defs
 
     load_settings(export=True)
-    instance = (
-        DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-    )
+    if os.environ.get("DAGSTER_HOME"):
+        # Its storage retries a refused connection with a warning each time: one line instead.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.CRITICAL)
+        try:
+            instance = DagsterInstance.get()
+        except Exception as error:
+            raise UserError(
+                f"run not started: the Dagster instance in {os.environ['DAGSTER_HOME']} cannot "
+                f"open its storage: {_innermost(error)}"
+            ) from None
+        finally:
+            root.setLevel(level)
+    else:
+        instance = DagsterInstance.ephemeral()
     started = time.monotonic()
     # INFO on the console: the step-by-step DEBUG events stay in the run's event log.
     result = defs.resolve_job_def("promo_job").execute_in_process(
@@ -197,12 +214,38 @@ def run_job() -> tuple[bool, str]:
             f"  check {evaluation.check_name}: {verdict}"
             + (f" ({evaluation.description})" if evaluation.description else "")
         )
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            message = error.message.strip().splitlines()[0] if error else "unknown error"
-            lines.append(f"  FAILED {event.step_key}: {message}")
+    failed = [event for event in result.all_events if event.is_step_failure]
+    if not result.success and not failed:
+        # Failed before any step ran (e.g. a resource's setup): the first event with an error.
+        failed = [e for e in result.all_events if getattr(e.event_specific_data, "error", None)]
+        failed = failed[:1]
+    for event in failed:
+        where = event.step_key or "run"
+        lines.append(f"  FAILED {where}: {failure_line(event.event_specific_data)}")
     return result.success, "\n".join(lines)
+
+
+def failure_line(data: Any) -> str:
+    """A failed step's root cause in one line: a `Failure`'s description, else the first line
+    of the innermost error (not Dagster's "Error occurred while executing op")."""
+    user = getattr(data, "user_failure_data", None)
+    if user is not None and user.description:
+        return user.description.strip().splitlines()[0]
+    error = getattr(data, "error", None)
+    while error is not None and error.cause is not None:
+        error = error.cause
+    if error is None:
+        return "unknown error"
+    text = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+    return text.removeprefix("dagster._core.definitions.events.Failure: ")
+
+
+def _innermost(error: BaseException) -> str:
+    """The first line of the deepest cause: the part of a wrapped error that names the fix."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -418,9 +461,11 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
 
 def _when(epoch: int, now: int) -> str:
-    stamp = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    from promo_pipeline.schema import EPOCH_MAX, format_epoch
+
+    stamp = format_epoch(epoch)
     seconds = epoch - now
-    if seconds <= 0:
+    if seconds <= 0 or epoch >= EPOCH_MAX:
         return stamp
     hours, rest = divmod(seconds, 3600)
     days, hours = divmod(hours, 24)
@@ -467,9 +512,10 @@ def status_lines(settings: Settings, now: int | None = None) -> list[str]:
     import psycopg
 
     from promo_pipeline.assets.campaigns import CampaignTally
+    from promo_pipeline.checkpoint import committed_offsets
     from promo_pipeline.db import conninfo
     from promo_pipeline.resources import kafka_resource
-    from promo_pipeline.work import committed_offsets, topic_watermarks
+    from promo_pipeline.work import topic_watermarks
 
     now = int(time.time()) if now is None else now
     kafka = kafka_resource(settings)

@@ -103,6 +103,37 @@ JOIN public.subscribers_feedback f
 """
 
 
+INPUT_DDL = """
+-- The input topic's identity (Kafka topic id): a new id means the topic was recreated.
+CREATE TABLE IF NOT EXISTS promo.input_topics (
+    topic text PRIMARY KEY,
+    topic_id text NOT NULL,
+    first_seen timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+-- Which offsets of which topic each run read.
+CREATE TABLE IF NOT EXISTS promo.input_offsets (
+    run_id text NOT NULL,
+    topic text NOT NULL,
+    topic_id text NOT NULL,
+    partition int4 NOT NULL,
+    start_offset int8 NOT NULL,
+    end_offset int8 NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, topic, partition)
+);
+-- What happened to the input: topic_recreated, retention_gap (offsets lost), rewind.
+CREATE TABLE IF NOT EXISTS promo.input_events (
+    id bigserial PRIMARY KEY,
+    run_id text,
+    topic text NOT NULL,
+    kind text NOT NULL,
+    detail jsonb NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
 def conninfo(settings: Settings, *, dbname: str | None = None) -> str:
     """The same connection string the Dagster resource builds, optionally to another database."""
     from promo_pipeline.resources import postgres_resource
@@ -121,3 +152,4 @@ def init_db(settings: Settings) -> None:
         conn.execute("SELECT pg_advisory_lock(hashtext('promo_pipeline.init_db'))")
         conn.execute(SEED_DDL)
         conn.execute(PIPELINE_DDL)
+        conn.execute(INPUT_DDL)

@@ -165,7 +165,16 @@ class PipelineLockResource(ConfigurableResource):
     LOCK_KEY: ClassVar[str] = "promo_pipeline.run"
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        conn = psycopg.connect(self.postgres.conninfo(), autocommit=True)
+        # The run's first Postgres contact: a wrong password or a down server, in one line.
+        try:
+            conn = psycopg.connect(self.postgres.conninfo(), autocommit=True)
+        except psycopg.OperationalError as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+            raise Failure(
+                f"Postgres at {self.postgres.host}:{self.postgres.port} (database "
+                f"{self.postgres.db}, user {self.postgres.user}): {first.strip()}; check "
+                "POSTGRES_* (is the stack up? `promo stack status`)"
+            ) from None
         locked = conn.execute(
             "SELECT pg_try_advisory_lock(hashtext(%s))", (self.LOCK_KEY,)
         ).fetchone()

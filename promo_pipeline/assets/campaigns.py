@@ -10,11 +10,19 @@ from typing import Any, Self
 
 import psycopg
 from confluent_kafka import KafkaException, Producer
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 from dagster_pyspark import LazyPySparkResource
 from psycopg.types.json import Jsonb
 from pyspark.sql import DataFrame
 
+from promo_pipeline.checkpoint import (
+    CheckpointError,
+    InputError,
+    committed_offsets,
+    describe_gaps,
+    plan_input,
+    record_offsets,
+)
 from promo_pipeline.faultpoints import fault_point, fault_rows
 from promo_pipeline.resources import (
     KafkaResource,
@@ -30,7 +38,6 @@ from promo_pipeline.schema import (
     parse_campaign,
 )
 from promo_pipeline.topics import produce_all
-from promo_pipeline.work import committed_offsets
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +307,31 @@ def campaign_batch(
         dlq_topic=kafka.dlq_topic,
         run_id=context.run_id,
     )
+    try:
+        plan = plan_input(
+            kafka, target.conninfo, state.state_dir, state.checkpoint_dir, context.run_id
+        )
+    except (CheckpointError, InputError) as error:
+        raise Failure(str(error)) from None
+    if plan.recreated:
+        context.log.warning(
+            f"input topic {kafka.input_topic} was recreated (topic id {plan.topic_id}, was "
+            f"{plan.recreated['previous_topic_id']}): read from its start; old checkpoint "
+            f"kept in {plan.recreated['old_checkpoint']}"
+        )
+    if plan.gaps:
+        context.log.error(
+            f"input topic {kafka.input_topic}: {plan.lost} offsets deleted by retention before "
+            f"they were read ({describe_gaps(plan.gaps)}); reading on from what exists"
+        )
     before = committed_offsets(state.checkpoint_dir)
     query = (
         spark.spark_session.readStream.format("kafka")
         .options(**kafka.spark_options())
         .option("subscribe", kafka.input_topic)
-        .option("startingOffsets", "earliest")
+        .option("startingOffsets", plan.starting_offsets)
+        # Only after the gap is recorded above: Spark would fail on it in every run.
+        .option("failOnDataLoss", str(plan.fail_on_data_loss).lower())
         .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
         .load()
         .writeStream.queryName("campaign_batch")
@@ -316,12 +342,13 @@ def campaign_batch(
     )
     query.awaitTermination()
     if query.exception() is not None:
-        raise query.exception()
+        raise Failure(f"campaign stream failed: {root_cause(query.exception())}")
     progress = [json.loads(p.json) for p in query.recentProgress]
     for report in progress:
         if report.get("numInputRows"):
             context.log.info(f"streaming progress: {json.dumps(report)}")
     ranges = offsets_read(progress, before, committed_offsets(state.checkpoint_dir))
+    record_offsets(target.conninfo, context.run_id, kafka.input_topic, plan.topic_id, ranges)
     tally = CampaignTally.of_run(target.conninfo, context.run_id)
     held, expired, active = campaign_windows(target.conninfo, ranges, int(time.time()))
     context.log.info(
@@ -345,5 +372,20 @@ def campaign_batch(
             "offsets": MetadataValue.json(
                 {str(p): {"start": start, "end": end} for p, (start, end) in sorted(ranges.items())}
             ),
+            "topic_id": plan.topic_id,
+            "topic_recreated": plan.recreated is not None,
+            **({"recreated": MetadataValue.json(plan.recreated)} if plan.recreated else {}),
+            "lost_offsets": plan.lost,
+            "lost_ranges": MetadataValue.json(
+                {str(p): {"from": s, "to": e} for p, (s, e) in sorted(plan.gaps.items())}
+            ),
         }
     )
+
+
+def root_cause(error: BaseException) -> str:
+    """The first line of Spark's error, without the query ids and the JVM stack: the one line
+    a failed run reports."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    return first.split("terminated with exception: ", 1)[-1][:500]
