@@ -84,3 +84,14 @@ def test_sensor_waits_for_held_campaign_and_never_overlaps_runs(pipeline: Pipeli
     busy = tick(pipeline, instance)
     assert isinstance(busy, SkipReason)
     assert "runs never overlap" in busy.skip_message
+
+
+def test_sensor_survives_a_stored_millisecond_campaign(pipeline: Pipeline) -> None:
+    from promo_pipeline_tests.test_cli import insert_campaign, millisecond_campaign
+
+    stored = millisecond_campaign()
+    insert_campaign(pipeline, stored)
+    idle = tick(pipeline, DagsterInstance.ephemeral())
+    assert isinstance(idle, SkipReason), idle
+    start = stored["adv_campaign_datetime_start"]
+    assert f"next held campaign due at epoch {start} (out of range)" in idle.skip_message
