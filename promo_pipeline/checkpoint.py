@@ -47,9 +47,16 @@ def _commits_and_offsets(root: Path) -> tuple[list[int], list[int]]:
     return (batches("commits"), batches("offsets")) if root.exists() else ([], [])
 
 
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError as error:  # e.g. commits/N without its offsets/N
+        raise CheckpointError(f"{path}: cannot be read ({error.strerror or error})") from None
+
+
 def _read_offsets(path: Path) -> dict[tuple[str, int], int]:
     """The sources' end offsets of one `offsets/N` file; CheckpointError if it is damaged."""
-    lines = path.read_text(errors="replace").splitlines()
+    lines = _lines(path)
     if len(lines) < 3 or lines[0] != "v1":
         raise CheckpointError(f"{path}: truncated ({len(lines)} of at least 3 lines)")
     offsets: dict[tuple[str, int], int] = {}
@@ -64,7 +71,7 @@ def _read_offsets(path: Path) -> dict[tuple[str, int], int]:
 
 
 def _check_commit(path: Path) -> None:
-    lines = path.read_text(errors="replace").splitlines()
+    lines = _lines(path)
     try:
         if len(lines) < 2 or lines[0] != "v1" or not isinstance(json.loads(lines[1]), dict):
             raise ValueError
@@ -98,7 +105,7 @@ def _repair(root: Path) -> str:
         try:
             _check_commit(root / "commits" / str(batch))
             good = _read_offsets(root / "offsets" / str(batch))
-        except (CheckpointError, OSError):
+        except CheckpointError:
             continue
         where = ",".join(f"{p}:{o}" for (_, p), o in sorted(good.items()))
         return (

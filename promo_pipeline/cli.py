@@ -1,4 +1,5 @@
-"""`promo`: the local stack, the tables, one run of the job, and a demo on sample data."""
+"""`promo`: the local stack, the tables, one run of the job, a demo on sample data, and the
+operator's recovery tools (rewind the input, replay dead letters)."""
 
 from __future__ import annotations
 
@@ -1017,9 +1018,11 @@ def parser() -> argparse.ArgumentParser:
         commands,
         "status",
         "input lag, held campaigns, the last run",
-        "Input lag per partition (broker end vs the pipeline's checkpoint), campaigns active, "
-        "held (and when due) and expired, triggers awaiting Kafka, and what the last run did. "
-        "With DAGSTER_HOME set, also the last Dagster run.",
+        "Input lag per partition (broker end vs the pipeline's checkpoint), or why there is "
+        "none to count (topic recreated, checkpoint corrupt), offsets lost to retention and "
+        "other recent input events, campaigns active, held (and when due) and expired, "
+        "triggers awaiting Kafka, and what the last run did. With DAGSTER_HOME set, also the "
+        "last Dagster run. --json prints the same as one JSON object.",
         "  promo status\n  promo status --json | jq .input\n",
     )
     status_cmd.add_argument("--json", action="store_true", help="one JSON object, for jq")

@@ -25,7 +25,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_help_explains_each_command_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("send", "tail", "subscribe", "status", "run", "stack"):
+    for command in ("send", "tail", "subscribe", "status", "run", "stack", "rewind", "dlq"):
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0
@@ -194,6 +194,9 @@ def millisecond_campaign() -> dict[str, object]:
 def test_status_survives_a_stored_millisecond_campaign(
     pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from promo_pipeline_tests.faults import wait_topics_ready
+
+    wait_topics_ready(pipeline.settings)  # status reads watermarks of the topic just created
     stored = millisecond_campaign()
     insert_campaign(pipeline, stored)
     assert main(["status"]) == 0

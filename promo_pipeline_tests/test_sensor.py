@@ -87,8 +87,10 @@ def test_sensor_waits_for_held_campaign_and_never_overlaps_runs(pipeline: Pipeli
 
 
 def test_sensor_survives_a_stored_millisecond_campaign(pipeline: Pipeline) -> None:
+    from promo_pipeline_tests.faults import wait_topics_ready
     from promo_pipeline_tests.test_cli import insert_campaign, millisecond_campaign
 
+    wait_topics_ready(pipeline.settings)  # the tick reads watermarks of the topic just created
     stored = millisecond_campaign()
     insert_campaign(pipeline, stored)
     idle = tick(pipeline, DagsterInstance.ephemeral())
