@@ -1131,6 +1131,13 @@ def _connection_problem(error: Exception) -> str | None:
         return f"Postgres does not answer ({first}); is the stack up? `promo stack status`"
     if isinstance(error, KafkaException):
         return f"Kafka: {error.args[0] if error.args else error}"
+    if isinstance(error, psycopg.errors.UndefinedTable):
+        first = str(error).strip().splitlines()[0]
+        return f"{first}: the database predates this version; run `promo db init`"
+    from promo_pipeline.checkpoint import CheckpointError, InputError
+
+    if isinstance(error, CheckpointError | InputError):
+        return str(error)
     return None
 
 

@@ -270,3 +270,20 @@ def test_stack_finds_runuser_under_crons_path(
     cluster = PostgresCluster(tmp_path, 1, "promo", "x", "promo")
     command = cluster._as_server_user(["true"])
     assert subprocess.run(command).returncode == 0
+
+
+def test_status_on_a_database_that_predates_the_input_tables_names_the_fix(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from promo_pipeline_tests.faults import wait_topics_ready
+
+    wait_topics_ready(pipeline.settings)
+    pipeline.sql("DROP TABLE promo.input_topics")
+    assert main(["status"]) == 1
+    assert one_line_error(capsys) == (
+        'promo: relation "promo.input_topics" does not exist: the database predates this '
+        "version; run `promo db init`"
+    )
+    assert main(["db", "init"]) == 0
+    capsys.readouterr()
+    assert main(["status"]) == 0

@@ -313,6 +313,10 @@ def campaign_batch(
         )
     except (CheckpointError, InputError) as error:
         raise Failure(str(error)) from None
+    except psycopg.errors.UndefinedTable as error:
+        raise Failure(
+            f"{str(error).splitlines()[0]}: the database predates this version; run `promo db init`"
+        ) from None
     if plan.recreated:
         context.log.warning(
             f"input topic {kafka.input_topic} was recreated (topic id {plan.topic_id}, was "
