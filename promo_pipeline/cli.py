@@ -490,7 +490,7 @@ def _when(epoch: int, now: int) -> str:
 
     stamp = format_epoch(epoch)
     seconds = epoch - now
-    if seconds <= 0 or epoch >= EPOCH_MAX:
+    if seconds <= 0 or epoch > EPOCH_MAX:
         return stamp
     hours, rest = divmod(seconds, 3600)
     days, hours = divmod(hours, 24)

@@ -39,7 +39,7 @@ def _uuid(value: str) -> str:
 
 
 def _plausible(value: int) -> int:
-    if not EPOCH_MIN <= value < EPOCH_MAX:
+    if not EPOCH_MIN <= value <= EPOCH_MAX:
         unit = " (milliseconds? expected seconds)" if value >= EPOCH_MAX * 100 else ""
         raise PydanticCustomError(
             "epoch_out_of_range",

@@ -287,3 +287,16 @@ def test_status_on_a_database_that_predates_the_input_tables_names_the_fix(
     assert main(["db", "init"]) == 0
     capsys.readouterr()
     assert main(["status"]) == 0
+
+
+def test_readme_lists_every_command() -> None:
+    """The README's command table stays true as commands are added."""
+    import argparse
+
+    from promo_pipeline.cli import parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## The `promo` command")[1].split("## Walkthrough")[0]
+    [commands] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [name for name in commands.choices if f"`promo {name}" not in table]
+    assert not missing, missing

@@ -253,7 +253,7 @@ def _corpus() -> list[Case]:
                 {**campaign(), "promo_code": "SPRING", "nested": {"a": [1, {"b": None}]}, "n": 1.5}
             ),
         ),
-        Case("last_plausible_end", _with(adv_campaign_datetime_end=4_102_444_799)),
+        Case("end_at_2100", _with(adv_campaign_datetime_end=4_102_444_800)),
         Case(
             "uppercase_uuids",
             _with(restaurant_id=new_uuid().upper(), adv_campaign_id=new_uuid().upper()),
