@@ -183,8 +183,11 @@ def input_position(
     recorded = recorded_topic_id(conn, topic)
     read_to = {p: o for (t, p), o in done.items() if t == topic}
     stale = any(read_to.get(p, 0) > high for p, (_, high) in watermarks.items())
-    if (recorded is not None and recorded != current) or stale:
-        position.recreated_from = recorded or "unknown (offsets beyond the topic's end)"
+    if recorded is not None and recorded != current:
+        position.recreated_from = recorded
+        return position
+    if stale:  # no id recorded yet, or the broker lost the log: only the offsets tell
+        position.recreated_from = "unknown (the checkpoint is past the topic's end)"
         return position
     position.read_to = read_to
     position.gaps = {

@@ -89,13 +89,16 @@ def test_recreated_topic_is_read_from_its_start(
     run_summary(pipeline)
     assert triggered(pipeline, first) == {c["adv_campaign_id"] for c in first}
 
-    # New end offsets below the checkpoint's (1 < 3): Spark alone fails every run.
+    # New end offsets below the checkpoint's (1 < 3): Spark alone fails every run. Without a
+    # recorded topic id (a checkpoint older than this version) the offsets alone tell.
+    pipeline.sql("DELETE FROM promo.input_topics")
     recreate_input(pipeline)
     fewer = subscribed(pipeline, 1)
     publish_to(pipeline, 0, *fewer)
     wanted = tick(pipeline, instance)
     assert isinstance(wanted, RunRequest), wanted
     assert "was recreated" in wanted.tags["promo/reason"]
+    assert "was unknown (the checkpoint is past the topic's end)" in wanted.tags["promo/reason"]
     assert main(["status"]) == 0
     assert "the topic was recreated" in capsys.readouterr().out
     summary = run_summary(pipeline)
@@ -108,6 +111,10 @@ def test_recreated_topic_is_read_from_its_start(
     publish_to(pipeline, 0, *more)
     summary = run_summary(pipeline)
     assert "messages_read 5" in summary and "topic_recreated True" in summary, summary
+    [(previous,)] = pipeline.sql(
+        "SELECT detail->>'previous_topic_id' FROM promo.input_events ORDER BY id DESC LIMIT 1"
+    )
+    assert previous != "unknown" and len(previous) >= 16, "the recorded id told this time"
     assert triggered(pipeline, more) == {c["adv_campaign_id"] for c in more}
     kinds = pipeline.sql("SELECT kind FROM promo.input_events ORDER BY id")
     assert kinds == [("topic_recreated",), ("topic_recreated",)]
