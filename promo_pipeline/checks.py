@@ -160,8 +160,31 @@ def rejected_share_below_threshold(
     )
 
 
+@asset_check(
+    asset=campaign_batch,
+    description="No campaign message was deleted from the input topic (retention, "
+    "delete_records) before the pipeline read it. An ERROR names the lost offset ranges; the "
+    "run itself goes on with the messages that exist, so one loss never stops the pipeline.",
+)
+def no_input_lost_before_read(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    latest = latest_materialization(context, "campaign_batch")
+    metadata = latest[1] if latest else {}
+    lost = int(metadata.get("lost_offsets", 0))
+    ranges = metadata.get("lost_ranges") or {}
+    shown = ", ".join(f"p{p} offsets {r['from']}..{r['to'] - 1}" for p, r in ranges.items())
+    return AssetCheckResult(
+        passed=lost == 0,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{lost} input offsets lost before they were read: {shown}"
+        if lost
+        else "no input offsets lost",
+        metadata={"lost_offsets": lost, "lost_ranges": MetadataValue.json(ranges)},
+    )
+
+
 ALL_CHECKS = [
     one_trigger_per_campaign_and_client,
     triggers_in_both_sinks,
     rejected_share_below_threshold,
+    no_input_lost_before_read,
 ]

@@ -1,9 +1,11 @@
-"""`promo`: the local stack, the tables, one run of the job, and a demo on sample data."""
+"""`promo`: the local stack, the tables, one run of the job, a demo on sample data, and the
+operator's recovery tools (rewind the input, replay dead letters)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import sys
@@ -55,7 +57,11 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
     stack = LocalStack(_stack_dir(args), spark=args.spark)
     if args.action == "up":
-        env = stack.up()
+        try:
+            env = stack.up()
+        except RuntimeError as error:
+            # A missing tool or a service that would not start: its first line says which.
+            raise UserError(f"stack up failed: {str(error).strip().splitlines()[0]}") from None
         os.environ.update(env)
         settings = load_settings()
         prepare(settings)
@@ -176,9 +182,22 @@ def run_job() -> tuple[bool, str]:
     from promo_pipeline.definitions import defs
 
     load_settings(export=True)
-    instance = (
-        DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-    )
+    if os.environ.get("DAGSTER_HOME"):
+        # Its storage retries a refused connection with a warning each time: one line instead.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.CRITICAL)
+        try:
+            instance = DagsterInstance.get()
+        except Exception as error:
+            raise UserError(
+                f"run not started: the Dagster instance in {os.environ['DAGSTER_HOME']} cannot "
+                f"open its storage: {_innermost(error)}"
+            ) from None
+        finally:
+            root.setLevel(level)
+    else:
+        instance = DagsterInstance.ephemeral()
     started = time.monotonic()
     # INFO on the console: the step-by-step DEBUG events stay in the run's event log.
     result = defs.resolve_job_def("promo_job").execute_in_process(
@@ -205,23 +224,39 @@ def run_job() -> tuple[bool, str]:
             f"  check {evaluation.check_name}: {verdict}"
             + (f" ({evaluation.description})" if evaluation.description else "")
         )
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            message = error.message.strip().splitlines()[0] if error else "unknown error"
-            lines.append(f"  FAILED {event.step_key}: {message}")
-        elif event.is_resource_init_failure or event.is_run_failure:
-            # A resource that refused to start (the pipeline lock, the schema version) fails
-            # the run before any step: this is the line that says why.
-            error = getattr(event.event_specific_data, "error", None)
-            if error is not None and not any("FAILED" in line for line in lines):
-                message = error.message.strip().splitlines()[0]
-                # "dagster._core.definitions.events.Failure: ..." -> the message alone.
-                message = message.removeprefix(f"{error.cls_name}: ").split(
-                    f".{error.cls_name}: ", 1
-                )[-1]
-                lines.append(f"  FAILED before any step: {message}")
+    failed = [event for event in result.all_events if event.is_step_failure]
+    if not result.success and not failed:
+        # Failed before any step ran (a resource refused: the pipeline lock, the schema
+        # version, Postgres itself): the first event with an error says why.
+        failed = [e for e in result.all_events if getattr(e.event_specific_data, "error", None)]
+        failed = failed[:1]
+    for event in failed:
+        where = event.step_key or "before any step"
+        lines.append(f"  FAILED {where}: {failure_line(event.event_specific_data)}")
     return result.success, "\n".join(lines)
+
+
+def failure_line(data: Any) -> str:
+    """A failed step's root cause in one line: a `Failure`'s description, else the first line
+    of the innermost error (not Dagster's "Error occurred while executing op")."""
+    user = getattr(data, "user_failure_data", None)
+    if user is not None and user.description:
+        return user.description.strip().splitlines()[0]
+    error = getattr(data, "error", None)
+    while error is not None and error.cause is not None:
+        error = error.cause
+    if error is None:
+        return "unknown error"
+    text = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+    return text.removeprefix("dagster._core.definitions.events.Failure: ")
+
+
+def _innermost(error: BaseException) -> str:
+    """The first line of the deepest cause: the part of a wrapped error that names the fix."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -288,6 +323,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if success else 1
 
 
+def message_json(message: Any) -> str:
+    """One message as one JSON object (`promo tail -J`), for jq."""
+    key, value = message.key(), message.value()
+    return json.dumps(
+        {
+            "topic": message.topic(),
+            "partition": message.partition(),
+            "offset": message.offset(),
+            "timestamp_ms": message.timestamp()[1],
+            "key": key.decode(errors="replace") if key is not None else None,
+            "headers": {
+                name: data.decode(errors="replace") if data is not None else None
+                for name, data in message.headers() or []
+            },
+            "value": value.decode(errors="replace") if value is not None else None,
+        },
+        ensure_ascii=False,
+    )
+
+
 def format_message(message: Any, dlq: bool) -> str:
     """One line per message: where it is, its key, the DLQ's reason, the value."""
     key = message.key().decode(errors="replace") if message.key() is not None else "-"
@@ -308,6 +363,7 @@ def tail(
     from_beginning: bool = False,
     count: int | None = None,
     exit_at_end: bool = False,
+    as_json: bool = False,
     out: TextIO | None = None,
 ) -> int:
     """Print messages of the output topic (or the DLQ) as they arrive; returns how many."""
@@ -353,7 +409,8 @@ def tail(
                     continue
                 raise UserError(f"reading {topic}: {message.error()}")
             at_end.discard(message.partition())
-            print(format_message(message, dlq), file=out or sys.stdout, flush=True)
+            shown_line = message_json(message) if as_json else format_message(message, dlq)
+            print(shown_line, file=out or sys.stdout, flush=True)
             shown += 1
     except KeyboardInterrupt:
         pass
@@ -370,6 +427,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         from_beginning=args.from_beginning,
         count=args.count,
         exit_at_end=args.exit,
+        as_json=args.json,
     )
     return 0
 
@@ -437,9 +495,11 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
 
 def _when(epoch: int, now: int) -> str:
-    stamp = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    from promo_pipeline.schema import EPOCH_MAX, format_epoch
+
+    stamp = format_epoch(epoch)
     seconds = epoch - now
-    if seconds <= 0:
+    if seconds <= 0 or epoch > EPOCH_MAX:
         return stamp
     hours, rest = divmod(seconds, 3600)
     days, hours = divmod(hours, 24)
@@ -481,45 +541,128 @@ GROUP BY trigger_datetime_created
 """
 
 
+STATUS_EVENTS = """
+SELECT kind, run_id, recorded_at, detail FROM promo.input_events WHERE topic = %s
+ORDER BY id DESC LIMIT 3
+"""
+
+
 def status_lines(settings: Settings, now: int | None = None) -> list[str]:
     """What an operator asks first: is input waiting, what is held, what did the last run do."""
+    return status_report(settings, now)[1]
+
+
+def _input_status(position: Any) -> tuple[dict[str, Any], str]:
+    topic = position.topic
+    report: dict[str, Any] = {
+        "topic": topic,
+        "topic_id": position.topic_id,
+        "checkpoint_corrupt": position.corrupt,
+        "recreated_from_topic_id": position.recreated_from,
+        "waiting": None if position.corrupt else sum(position.lag.values()),
+        "partitions": [
+            {
+                "partition": p,
+                "low": low,
+                "high": high,
+                "read_to": position.read_to.get(p, 0),
+                "lag": None if position.corrupt else position.lag[p],
+            }
+            for p, (low, high) in position.watermarks.items()
+        ],
+        "lost_unread": {str(p): [s, e] for p, (s, e) in sorted(position.gaps.items())},
+    }
+    if position.corrupt:
+        return report, f"input {topic}: messages waiting unknown, checkpoint corrupt: " + (
+            position.corrupt
+        )
+    if position.recreated_from:
+        return report, (
+            f"input {topic}: the topic was recreated (topic id {position.topic_id}, was "
+            f"{position.recreated_from}); the next run reads its {report['waiting']} "
+            "messages from the start"
+        )
+    line = f"input {topic}: {report['waiting']} messages waiting; per partition " + ", ".join(
+        f"p{p} lag {position.lag[p]} (read to {position.read_to.get(p, 0)} of {high})"
+        for p, (_, high) in position.watermarks.items()
+    )
+    if position.gaps:
+        from promo_pipeline.checkpoint import describe_gaps
+
+        line += (
+            f"; LOST {position.lost} offsets deleted by retention before they were read "
+            f"({describe_gaps(position.gaps)})"
+        )
+    return report, line
+
+
+def _event_line(kind: str, run_id: str | None, at: datetime, detail: dict[str, Any]) -> str:
+    stamp = f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S UTC}"
+    run = f" (run {run_id[:8]})" if run_id else ""
+    if kind == "retention_gap":
+        ranges = ", ".join(f"p{p} offsets {s}..{e - 1}" for p, (s, e) in detail["ranges"].items())
+        what = f"{detail['lost']} offsets LOST to retention before they were read: {ranges}"
+    elif kind == "topic_recreated":
+        what = (
+            f"topic recreated (id {detail['previous_topic_id']} -> {detail['topic_id']}), "
+            f"re-read from its start; old checkpoint {detail['old_checkpoint']}"
+        )
+    else:
+        what = f"{kind}: {json.dumps(detail, sort_keys=True)}"
+    return f"  {stamp}{run}: {what}"
+
+
+def status_report(settings: Settings, now: int | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The status as data (`promo status --json`) and as lines; one source for both."""
     import psycopg
 
     from promo_pipeline.assets.campaigns import CampaignTally
+    from promo_pipeline.checkpoint import input_position
     from promo_pipeline.db import conninfo
     from promo_pipeline.resources import kafka_resource
-    from promo_pipeline.work import committed_offsets, topic_watermarks
 
     now = int(time.time()) if now is None else now
     kafka = kafka_resource(settings)
     require_topic(settings, kafka.input_topic)
-    done = committed_offsets(settings.promo_state_dir / "checkpoints" / "campaigns")
+    checkpoint = settings.promo_state_dir / "checkpoints" / "campaigns"
+    report: dict[str, Any] = {"now": now}
     lines = []
-    watermarks = topic_watermarks(kafka, kafka.input_topic)
-    lag = {
-        p: max(0, high - max(low, done.get((kafka.input_topic, p), 0)))
-        for p, (low, high) in watermarks.items()
-    }
-    lines.append(
-        f"input {kafka.input_topic}: {sum(lag.values())} messages waiting; per partition "
-        + ", ".join(
-            f"p{p} lag {lag[p]} (read to {done.get((kafka.input_topic, p), 0)} of {high})"
-            for p, (_, high) in watermarks.items()
-        )
-    )
     with psycopg.connect(conninfo(settings)) as conn:
+        report["input"], line = _input_status(input_position(kafka, conn, checkpoint))
+        lines.append(line)
+        events = conn.execute(STATUS_EVENTS, (kafka.input_topic,)).fetchall()
+        report["input_events"] = [
+            {"kind": kind, "run_id": run_id, "at": at.isoformat(), "detail": detail}
+            for kind, run_id, at, detail in events
+        ]
+        if events:
+            lines.append("input events (latest first):")
+            lines += [_event_line(*event) for event in events]
         active, held, expired = conn.execute(STATUS_CAMPAIGNS, {"now": now}).fetchone()
+        report["campaigns"] = {"active": active, "held": held, "expired": expired, "due": []}
         lines.append(f"campaigns: {active} active, {held} held for later, {expired} expired")
         for campaign, restaurant, start in conn.execute(STATUS_HELD, {"now": now}):
+            report["campaigns"]["due"].append(
+                {"adv_campaign_id": campaign, "restaurant_id": restaurant, "start": start}
+            )
             lines.append(f"  held {campaign} (restaurant {restaurant}) due {_when(start, now)}")
         unsent = conn.execute("SELECT count(*) FROM promo.kafka_outbox").fetchone()[0]
+        report["outbox"] = unsent
         lines.append(f"outbox: {unsent} triggers committed to Postgres await Kafka delivery")
         last_input = conn.execute(STATUS_LAST_INPUT).fetchone()
         last_triggers = conn.execute(STATUS_LAST_TRIGGERS).fetchone()
+    report["last_input"] = report["last_triggers"] = None
     if last_input:
         run_id, at, _, _, _ = last_input
         tally = CampaignTally.of_run(conninfo(settings), run_id)
         reasons = ", ".join(f"{code} {n}" for code, n in sorted(tally.rejected.items()))
+        report["last_input"] = {
+            "run_id": run_id,
+            "at": at.isoformat(),
+            "messages": tally.messages,
+            "valid": tally.valid,
+            "rejected": dict(tally.rejected),
+        }
         lines.append(
             f"last input read: run {run_id[:8]} at {at.astimezone(UTC):%Y-%m-%d %H:%M:%S UTC}: "
             f"{tally.messages} messages, {tally.valid} valid, {tally.rejected_total} rejected"
@@ -529,11 +672,14 @@ def status_lines(settings: Settings, now: int | None = None) -> list[str]:
         lines.append("last input read: none yet")
     if last_triggers:
         at, count, campaigns = last_triggers
+        report["last_triggers"] = {"at": at, "triggers": count, "campaigns": campaigns}
         lines.append(f"last triggers: {count} for {campaigns} campaign(s) at {_when(at, now)}")
     else:
         lines.append("last triggers: none yet")
-    lines.extend(_dagster_last_run())
-    return lines
+    dagster = _dagster_last_run()
+    report["last_dagster_run"] = dagster[0]
+    lines.extend(dagster)
+    return report, lines
 
 
 def _dagster_last_run() -> list[str]:
@@ -579,8 +725,195 @@ def _dagster_last_run() -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    for line in status_lines(load_settings()):
+    report, lines = status_report(load_settings())
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+        return 0
+    for line in lines:
         print(line)
+    return 0
+
+
+def _parse_offsets(value: str) -> dict[int, int]:
+    problem = UserError(f"--to-offsets expects PARTITION:OFFSET,... (e.g. 0:10,1:4): {value!r}")
+    try:
+        pairs = [item.split(":") for item in value.split(",") if item.strip()]
+        offsets = {int(p): int(o) for p, o in pairs}
+    except ValueError:
+        raise problem from None
+    if not offsets or any(p < 0 or o < 0 for p, o in offsets.items()):
+        raise problem
+    return offsets
+
+
+def _parse_time(value: str) -> int:
+    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise), as epoch ms."""
+    if value.isdigit():
+        return int(value) * 1000
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(
+            f"--to-time expects epoch seconds or an ISO time like 2026-11-26T09:00:00Z: {value!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def rewind(
+    settings: Settings,
+    *,
+    to_offsets: dict[int, int] | None = None,
+    to_time_ms: int | None = None,
+) -> str:
+    """Set the checkpoint aside and name where the next run starts (all partitions at their
+    start unless offsets or a time say otherwise); refused while a run holds the lock."""
+    import psycopg
+    from confluent_kafka import Consumer, TopicPartition
+
+    from promo_pipeline.checkpoint import START_FILE, record_event, set_aside, topic_id
+    from promo_pipeline.db import conninfo
+    from promo_pipeline.resources import PipelineLockResource, kafka_resource
+    from promo_pipeline.work import topic_watermarks
+
+    kafka = kafka_resource(settings)
+    topic = kafka.input_topic
+    require_topic(settings, topic)
+    checkpoint = settings.promo_state_dir / "checkpoints" / "campaigns"
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        # Held until the end of this block, so no run starts while the files move.
+        key = PipelineLockResource.LOCK_KEY
+        if not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
+            raise UserError(
+                "a promo_pipeline run holds the pipeline lock; rewind refused (wait for the run "
+                "to end: `promo status`)"
+            )
+        watermarks = topic_watermarks(kafka, topic)
+        if to_offsets is not None:
+            unknown = sorted(set(to_offsets) - set(watermarks))
+            if unknown:
+                raise UserError(f"topic {topic} has no partition {unknown[0]}")
+            past = {p: o for p, o in to_offsets.items() if o > watermarks[p][1]}
+            if past:
+                p, o = min(past.items())
+                raise UserError(f"offset {o} is past the end of {topic} p{p} ({watermarks[p][1]})")
+            target = {p: to_offsets.get(p, -2) for p in watermarks}  # -2: earliest
+        elif to_time_ms is not None:
+            consumer = Consumer(kafka.client_config(**{"group.id": "promo_cli.rewind"}))
+            try:
+                found = consumer.offsets_for_times(
+                    [TopicPartition(topic, p, to_time_ms) for p in watermarks],
+                    timeout=KAFKA_TIMEOUT_S,
+                )
+            finally:
+                consumer.close()
+            # -1: no message at or after T in that partition, so start at its end.
+            target = {tp.partition: tp.offset if tp.offset >= 0 else -1 for tp in found}
+        else:
+            target = {p: -2 for p in watermarks}
+        moved = set_aside(checkpoint, "rewound")
+        settings.promo_state_dir.mkdir(parents=True, exist_ok=True)
+        identity = topic_id(kafka, topic)
+        (settings.promo_state_dir / START_FILE).write_text(
+            json.dumps(
+                {"topic_id": identity, "offsets": {topic: {str(p): o for p, o in target.items()}}}
+            )
+        )
+        record_event(
+            conn,
+            None,
+            topic,
+            "rewind",
+            {"offsets": {str(p): o for p, o in target.items()}, "old_checkpoint": str(moved)},
+        )
+    where = ", ".join(
+        f"p{p} at {'its start' if o == -2 else 'its end' if o == -1 else o}"
+        for p, o in sorted(target.items())
+    )
+    kept = f"; the old checkpoint is kept in {moved}" if moved else ""
+    return f"rewound {topic}: the next run reads {where}{kept}"
+
+
+def cmd_rewind(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.to_offsets:
+        print(rewind(settings, to_offsets=_parse_offsets(args.to_offsets)))
+    elif args.to_time:
+        print(rewind(settings, to_time_ms=_parse_time(args.to_time)))
+    else:
+        print(rewind(settings))
+    return 0
+
+
+def dlq_replay(settings: Settings, reason: str | None = None) -> tuple[int, int]:
+    """Re-send the DLQ's messages (those of one reason code, or all) to the input topic, key
+    and value unchanged, without the promo.* headers; returns (re-sent, left out)."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from promo_pipeline.resources import kafka_resource
+    from promo_pipeline.topics import produce_all
+
+    kafka = kafka_resource(settings)
+    require_topic(settings, kafka.dlq_topic)
+    require_topic(settings, kafka.input_topic)
+    consumer = Consumer(
+        kafka.client_config(**{"group.id": "promo_cli.dlq_replay", "enable.auto.commit": False})
+    )
+    producer = Producer(kafka.client_config(**{"enable.idempotence": True}))
+    errors: list[str] = []
+    sent = skipped = 0
+    try:
+        topic = kafka.dlq_topic
+        partitions = consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_S).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S)
+            for p in partitions
+        }
+        left = {p for p, (low, high) in ends.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in ends.items()])
+        deadline = time.monotonic() + 60
+        while left and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None or message.error() is not None:
+                continue
+            if message.offset() >= ends[message.partition()][1] - 1:
+                left.discard(message.partition())
+            if message.offset() >= ends[message.partition()][1]:
+                continue
+            headers = message.headers() or []
+            code = dict(headers).get("promo.reject.code", b"").decode(errors="replace")
+            if reason is not None and code != reason:
+                skipped += 1
+                continue
+            kept = [(name, data) for name, data in headers if not name.startswith("promo.")]
+            produce_all(
+                producer,
+                kafka.input_topic,
+                [(message.key(), message.value())],
+                headers=kept,
+                on_delivery=lambda error, _m: errors.append(str(error)) if error else None,
+            )
+            sent += 1
+        if left:
+            raise UserError(f"could not read {topic} to its end within 60 s")
+    finally:
+        consumer.close()
+    unacknowledged = producer.flush(60)
+    if unacknowledged or errors:
+        problem = errors[0] if errors else f"{unacknowledged} messages unacknowledged"
+        raise UserError(f"could not re-send to {kafka.input_topic}: {problem}")
+    return sent, skipped
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    sent, skipped = dlq_replay(settings, args.reason)
+    which = f" with reason {args.reason}" if args.reason else ""
+    print(
+        f"re-sent {sent} dead letters{which} to {settings.promo_input_topic}"
+        + (f" ({skipped} with other reasons left out)" if skipped else "")
+    )
     return 0
 
 
@@ -667,12 +1000,16 @@ def parser() -> argparse.ArgumentParser:
         "end with -e, or on Ctrl-C. Commits no consumer offsets.",
         "  promo tail                         # new triggers, until Ctrl-C\n"
         "  promo tail --from-beginning -n 10  # the first 10 triggers\n"
-        "  promo tail --dlq --from-beginning -e  # every rejected message, then exit\n",
+        "  promo tail --dlq --from-beginning -e  # every rejected message, then exit\n"
+        '  promo tail --dlq --from-beginning -e -J | jq -r .headers["promo.reject.code"]\n',
     )
     tail_cmd.add_argument("--dlq", action="store_true", help="read the DLQ topic instead")
     tail_cmd.add_argument("--from-beginning", action="store_true", help="start at the oldest")
     tail_cmd.add_argument("-n", "--count", type=_positive, help="stop after N messages")
     tail_cmd.add_argument("-e", "--exit", action="store_true", help="stop at the end")
+    tail_cmd.add_argument(
+        "-J", "--json", action="store_true", help="one JSON object per message (for jq)"
+    )
     tail_cmd.set_defaults(func=cmd_tail)
 
     subscribe_cmd = _command(
@@ -692,12 +1029,47 @@ def parser() -> argparse.ArgumentParser:
         commands,
         "status",
         "input lag, held campaigns, the last run",
-        "Input lag per partition (broker end vs the pipeline's checkpoint), campaigns active, "
-        "held (and when due) and expired, triggers awaiting Kafka, and what the last run did. "
-        "With DAGSTER_HOME set, also the last Dagster run.",
-        "  promo status\n",
+        "Input lag per partition (broker end vs the pipeline's checkpoint), or why there is "
+        "none to count (topic recreated, checkpoint corrupt), offsets lost to retention and "
+        "other recent input events, campaigns active, held (and when due) and expired, "
+        "triggers awaiting Kafka, and what the last run did. With DAGSTER_HOME set, also the "
+        "last Dagster run. --json prints the same as one JSON object.",
+        "  promo status\n  promo status --json | jq .input\n",
     )
+    status_cmd.add_argument("--json", action="store_true", help="one JSON object, for jq")
     status_cmd.set_defaults(func=cmd_status)
+
+    rewind_cmd = _command(
+        commands,
+        "rewind",
+        "move the input checkpoint (re-read, skip, or repair it)",
+        "Set the Spark checkpoint aside (kept next to it) and name where the next run starts "
+        "reading the input topic: its beginning, the first message at or after a time, or "
+        "given offsets. Refused while a run holds the pipeline lock. Re-read campaigns never "
+        "trigger twice: the ledger allows one trigger per campaign and client.",
+        "  promo rewind --to-beginning\n"
+        "  promo rewind --to-time 2026-11-26T09:00:00Z\n"
+        "  promo rewind --to-offsets 0:10,1:10,2:6\n",
+    )
+    target = rewind_cmd.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-beginning", action="store_true", help="every partition's start")
+    target.add_argument("--to-time", metavar="T", help="epoch seconds or ISO time (UTC)")
+    target.add_argument("--to-offsets", metavar="P:O,...", help="offsets per partition")
+    rewind_cmd.set_defaults(func=cmd_rewind)
+
+    dlq_cmd = _command(
+        commands,
+        "dlq",
+        "re-send dead letters to the input topic",
+        "`replay` re-sends the DLQ's messages (all, or those of one reason code) to the input "
+        "topic with their key and value unchanged and without the promo.* headers, once their "
+        "cause is fixed (a cancelled campaign's original published, a producer fixed). The DLQ "
+        "keeps them; replaying twice sends twice (the ledger still allows one trigger).",
+        "  promo dlq replay\n  promo dlq replay --reason end_not_after_start\n",
+    )
+    dlq_cmd.add_argument("action", choices=["replay"])
+    dlq_cmd.add_argument("--reason", metavar="CODE", help="only this promo.reject.code")
+    dlq_cmd.set_defaults(func=cmd_dlq)
 
     run = _command(
         commands,
@@ -770,6 +1142,13 @@ def _connection_problem(error: Exception) -> str | None:
         return f"Postgres does not answer ({first}); is the stack up? `promo stack status`"
     if isinstance(error, KafkaException):
         return f"Kafka: {error.args[0] if error.args else error}"
+    if isinstance(error, psycopg.errors.UndefinedTable):
+        first = str(error).strip().splitlines()[0]
+        return f"{first}: the database predates this version; run `promo db upgrade`"
+    from promo_pipeline.checkpoint import CheckpointError, InputError
+
+    if isinstance(error, CheckpointError | InputError):
+        return str(error)
     return None
 
 

@@ -178,7 +178,16 @@ class PipelineLockResource(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         from promo_pipeline.db import SchemaVersionError, check_schema
 
-        conn = psycopg.connect(self.postgres.conninfo(), autocommit=True)
+        # The run's first Postgres contact: a wrong password or a down server, in one line.
+        try:
+            conn = psycopg.connect(self.postgres.conninfo(), autocommit=True)
+        except psycopg.OperationalError as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+            raise Failure(
+                f"Postgres at {self.postgres.host}:{self.postgres.port} (database "
+                f"{self.postgres.db}, user {self.postgres.user}): {first.strip()}; check "
+                "POSTGRES_* (is the stack up? `promo stack status`)"
+            ) from None
         # Before anything is read or written: code and database must agree on schema promo.
         try:
             check_schema(conn)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 UUID_PATTERN = re.compile(
@@ -22,12 +24,37 @@ INT8_MAX = 2**63 - 1
 # ~100 bytes; a 512 KiB cap on the input keeps every trigger far below Kafka's default 1 MiB
 # message limit, so one oversized campaign cannot block the output topic run after run.
 MAX_MESSAGE_BYTES = 512 * 1024
+# Plausible campaign times, in seconds: a millisecond epoch (or a typo) lies far outside, and
+# stored it would make every later date computation (sensor, status) fail.
+EPOCH_MIN = 946_684_800  # 2000-01-01 00:00:00 UTC
+EPOCH_MAX = 4_102_444_800  # 2100-01-01 00:00:00 UTC
 
 
 def _uuid(value: str) -> str:
+    # UUIDs compare case-insensitively (RFC 9562): one canonical, lower-case form everywhere,
+    # so a campaign re-sent in upper case is the same campaign.
     if not UUID_PATTERN.match(value):
         raise ValueError("not a UUID (8-4-4-4-12 hex digits)")
+    return value.lower()
+
+
+def _plausible(value: int) -> int:
+    if not EPOCH_MIN <= value <= EPOCH_MAX:
+        unit = " (milliseconds? expected seconds)" if value >= EPOCH_MAX * 100 else ""
+        raise PydanticCustomError(
+            "epoch_out_of_range",
+            "{value} is outside 2000-01-01..2100-01-01 in epoch seconds{unit}",
+            {"value": value, "unit": unit},
+        )
     return value
+
+
+def format_epoch(epoch: int) -> str:
+    """UTC time of an epoch; never raises, so one odd stored value cannot crash a report."""
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):
+        return f"epoch {epoch} (out of range)"
 
 
 def _text(value: str) -> str:
@@ -39,11 +66,12 @@ def _text(value: str) -> str:
 
 Uuid = Annotated[str, AfterValidator(_uuid)]
 Text = Annotated[str, Field(min_length=1), AfterValidator(_text)]
-Epoch = Annotated[int, Field(gt=0, le=INT8_MAX)]
+Epoch = Annotated[int, Field(gt=0, le=INT8_MAX), AfterValidator(_plausible)]
 
 
-class Campaign(BaseModel):
-    """A restaurant's promo campaign as published to the input topic (seed section 1.2)."""
+class CampaignFields(BaseModel):
+    """Every field of a campaign checked on its own, the window not yet: a window with
+    end <= start is invalid as a campaign but may cancel a known one (see `Rejection`)."""
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
@@ -55,6 +83,10 @@ class Campaign(BaseModel):
     adv_campaign_datetime_start: Epoch
     adv_campaign_datetime_end: Epoch
     datetime_created: Epoch
+
+
+class Campaign(CampaignFields):
+    """A restaurant's promo campaign as published to the input topic (seed section 1.2)."""
 
     @model_validator(mode="after")
     def _window(self) -> Campaign:
@@ -98,6 +130,9 @@ class Rejection:
 
     code: str
     detail: str
+    # For end_not_after_start: the message's fields, so the batch can treat it as the
+    # cancellation of a campaign it already knows (README, "Cancelling a campaign").
+    fields: CampaignFields | None = None
 
     def __str__(self) -> str:
         return f"{self.code}: {self.detail}"
@@ -141,9 +176,21 @@ def parse_campaign(value: bytes | None) -> Campaign | Rejection:
     if not isinstance(document, dict):
         return Rejection("not_object", f"value is a JSON {_json_type(document)}, not an object")
     try:
-        return Campaign.model_validate(document)
+        fields = CampaignFields.model_validate(document)
     except ValidationError as error:
         return _rejection(error)
+    try:
+        return Campaign.model_validate(fields.model_dump())
+    except ValidationError as error:
+        rejection = _rejection(error)
+        return Rejection(rejection.code, rejection.detail, fields)
+
+
+def cancelled(fields: CampaignFields) -> Campaign:
+    """The stored form of a cancellation: end = start, so it is never active."""
+    return Campaign.model_construct(
+        **{**fields.model_dump(), "adv_campaign_datetime_end": fields.adv_campaign_datetime_start}
+    )
 
 
 def _json_type(value: object) -> str:
@@ -160,6 +207,8 @@ def _rejection(error: ValidationError) -> Rejection:
     if got is None and field:
         return Rejection("null_field", f"{field} is null")
     message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "epoch_out_of_range":
+        return Rejection("epoch_out_of_range", f"{field}: {message}")
     if not field:
         return Rejection("end_not_after_start", message)
     return Rejection("invalid_field", f"{field}: {message} (got {_json_type(got)})")

@@ -37,8 +37,9 @@ ACTIVE_STATUSES = [
     job=promo_job,
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Launches promo_job on new campaign messages, a held campaign now due, new "
-    "subscribers of an active campaign, or triggers awaiting Kafka delivery.",
+    description="Launches promo_job on new campaign messages, a recreated input topic, a held "
+    "campaign now due, new subscribers of an active campaign, or triggers awaiting Kafka "
+    "delivery; skips, naming the file, while the input checkpoint is corrupt.",
 )
 def promo_work_sensor(
     context: SensorEvaluationContext,

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from promo_pipeline.checkpoint import input_position
 from promo_pipeline.fanout import NEW_FROM, active_at, db_now
 from promo_pipeline.resources import KafkaResource, PostgresResource
+from promo_pipeline.schema import format_epoch
 
 KAFKA_TIMEOUT_S = 10.0
 POSTGRES_TIMEOUT_MS = 20_000
@@ -35,21 +34,6 @@ NEXT_DUE = """
 SELECT min(adv_campaign_datetime_start) FROM promo.campaigns
 WHERE adv_campaign_datetime_start > %(now)s
 """
-
-
-def committed_offsets(checkpoint_dir: str | Path) -> dict[tuple[str, int], int]:
-    """Exclusive end offsets of the last micro-batch the checkpoint marks as done."""
-    root = Path(checkpoint_dir)
-    commits = [int(p.name) for p in (root / "commits").glob("[0-9]*")] if root.exists() else []
-    if not commits:
-        return {}
-    lines = (root / "offsets" / str(max(commits))).read_text().splitlines()
-    offsets: dict[tuple[str, int], int] = {}
-    for line in lines[2:]:
-        source = json.loads(line)
-        for topic, partitions in source.items():
-            offsets |= {(topic, int(p)): int(o) for p, o in partitions.items()}
-    return offsets
 
 
 def topic_watermarks(kafka: KafkaResource, topic: str) -> dict[int, tuple[int, int]]:
@@ -97,16 +81,26 @@ def find_work(
 ) -> Work:
     """What a run would do at `now` (default: the database's clock)."""
     work = Work()
-    done = committed_offsets(checkpoint_dir)
-    for partition, (low, high) in topic_watermarks(kafka, kafka.input_topic).items():
-        work.lag[partition] = max(0, high - max(low, done.get((kafka.input_topic, partition), 0)))
-    new = sum(work.lag.values())
-    if new:
-        busy = {p: n for p, n in work.lag.items() if n}
-        work.reasons.append(f"{new} new campaign messages (lag per partition {busy})")
-    else:
-        work.idle.append(f"no new campaign messages ({len(work.lag)} partitions caught up)")
     with postgres.connect(statement_timeout_ms=POSTGRES_TIMEOUT_MS) as conn:
+        position = input_position(kafka, conn, checkpoint_dir)
+        if position.corrupt:
+            # A run would fail on it every time: say why instead of launching one.
+            work.idle.append(f"not launching: {position.corrupt}")
+            return work
+        work.lag = position.lag
+        new = sum(work.lag.values())
+        if position.recreated_from:
+            work.reasons.append(
+                f"input topic {position.topic} was recreated (topic id {position.topic_id}, was "
+                f"{position.recreated_from}): a run reads it from its start"
+            )
+        if position.gaps:
+            work.reasons.append(f"{position.lost} input offsets lost to retention before read")
+        if new:
+            busy = {p: n for p, n in work.lag.items() if n}
+            work.reasons.append(f"{new} new campaign messages (lag per partition {busy})")
+        else:
+            work.idle.append(f"no new campaign messages ({len(work.lag)} partitions caught up)")
         now = db_now(conn) if now is None else now
         unsent = conn.execute("SELECT coalesce(sum(triggers), 0)::int8 FROM promo.trigger_outbox")
         unsent = unsent.fetchone()[0]
@@ -127,7 +121,7 @@ def find_work(
             work.idle.append("no active campaign has an untriggered subscriber")
         next_due = conn.execute(NEXT_DUE, {"now": now}).fetchone()[0]
     if next_due is not None:
-        when = datetime.fromtimestamp(next_due, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        when = format_epoch(next_due)
         minutes = max(0, next_due - now) // 60
         span = f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes} min"
         work.idle.append(f"next held campaign due at {when} (in {span})")

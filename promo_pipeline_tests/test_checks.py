@@ -15,6 +15,7 @@ CHECKS = {
     "one_trigger_per_campaign_and_client",
     "triggers_in_both_sinks",
     "rejected_share_below_threshold",
+    "no_input_lost_before_read",
 }
 
 

@@ -25,7 +25,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_help_explains_each_command_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("send", "tail", "subscribe", "status", "run", "stack"):
+    for command in ("send", "tail", "subscribe", "status", "run", "stack", "rewind", "dlq"):
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0
@@ -165,3 +165,138 @@ def test_subscribe_adds_once_and_names_the_campaigns_it_will_get(
     assert one_line_error(capsys) == (
         "promo: CLIENT must be a UUID like 023e4567-e89b-12d3-a456-426614174000: 'bob'"
     )
+
+
+def insert_campaign(pipeline: Pipeline, document: dict[str, object]) -> None:
+    """A row written straight into the state table, past the validation (an old version, a
+    restore, a hand edit)."""
+    pipeline.sql(
+        "INSERT INTO promo.campaigns (adv_campaign_id, restaurant_id, adv_campaign_content, "
+        "adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, "
+        "adv_campaign_datetime_end, datetime_created, kafka_partition, kafka_offset) "
+        "VALUES (%(adv_campaign_id)s, %(restaurant_id)s, %(adv_campaign_content)s, "
+        "%(adv_campaign_owner)s, %(adv_campaign_owner_contact)s, "
+        "%(adv_campaign_datetime_start)s, %(adv_campaign_datetime_end)s, "
+        "%(datetime_created)s, 0, 0)",
+        document,
+    )
+
+
+def millisecond_campaign() -> dict[str, object]:
+    now_ms = int(time.time()) * 1000
+    return campaign(
+        adv_campaign_datetime_start=now_ms + 60_000,
+        adv_campaign_datetime_end=now_ms + 3_600_000,
+        datetime_created=now_ms,
+    )
+
+
+def test_status_survives_a_stored_millisecond_campaign(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from promo_pipeline_tests.faults import wait_topics_ready
+
+    wait_topics_ready(pipeline.settings)  # status reads watermarks of the topic just created
+    stored = millisecond_campaign()
+    insert_campaign(pipeline, stored)
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "campaigns: 0 active, 1 held for later, 0 expired" in out
+    start = stored["adv_campaign_datetime_start"]
+    assert f"held {stored['adv_campaign_id']}" in out and f"due epoch {start} (out of range)" in out
+    assert main(["status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["campaigns"]["due"][0]["start"] == start
+
+
+def failed_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """`promo run` failed, and its one FAILED line (the root cause) is what it printed."""
+    out = capsys.readouterr().out
+    failed = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and "Traceback" not in out, out
+    return failed[0].strip()
+
+
+@pytest.mark.spark
+def test_failed_runs_name_their_root_cause_in_one_line(
+    pipeline: Pipeline,
+    dagster_home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with monkeypatch.context() as wrong:
+        wrong.setenv("POSTGRES_PASSWORD", "not-the-password")
+        wrong.delenv("DAGSTER_HOME")  # an ephemeral instance: the run itself meets the password
+        assert main(["run"]) == 1
+        line = failed_line(capsys)
+        assert "password authentication failed" in line and "check POSTGRES_*" in line, line
+        # With a Dagster instance on the same database, the run cannot even be recorded.
+        wrong.setenv("DAGSTER_HOME", str(dagster_home))
+        assert main(["run"]) == 2
+        assert one_line_error(capsys).startswith(
+            f"promo: run not started: the Dagster instance in {dagster_home} cannot open its "
+            'storage: connection to server at "127.0.0.1"'
+        )
+
+    with monkeypatch.context() as missing:
+        missing.setenv("PROMO_INPUT_TOPIC", "no_such_topic")
+        assert main(["run"]) == 1
+        assert failed_line(capsys) == (
+            "FAILED campaign_batch: input topic no_such_topic does not exist on "
+            f"{pipeline.settings.kafka_bootstrap_servers} (`promo stack up` creates it; check "
+            "PROMO_INPUT_TOPIC)"
+        )
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with monkeypatch.context() as unwritable:
+        unwritable.setenv("PROMO_STATE_DIR", str(blocker / "state"))
+        assert main(["run"]) == 1
+        assert failed_line(capsys) == (
+            f"FAILED campaign_batch: PROMO_STATE_DIR {blocker / 'state'} is not writable (Not a "
+            "directory); point it at a writable folder on shared storage"
+        )
+
+
+def test_stack_finds_runuser_under_crons_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from promo_pipeline.stack.postgres import PostgresCluster
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    cluster = PostgresCluster(tmp_path, 1, "promo", "x", "promo")
+    command = cluster._as_server_user(["true"])
+    assert subprocess.run(command).returncode == 0
+
+
+def test_status_on_a_database_that_predates_the_input_tables_names_the_fix(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from promo_pipeline_tests.faults import wait_topics_ready
+
+    wait_topics_ready(pipeline.settings)
+    pipeline.sql("DROP TABLE promo.input_topics")
+    assert main(["status"]) == 1
+    assert one_line_error(capsys) == (
+        'promo: relation "promo.input_topics" does not exist: the database predates this '
+        "version; run `promo db init`"
+    )
+    assert main(["db", "init"]) == 0
+    capsys.readouterr()
+    assert main(["status"]) == 0
+
+
+def test_readme_lists_every_command() -> None:
+    """The README's command table stays true as commands are added."""
+    import argparse
+
+    from promo_pipeline.cli import parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## The `promo` command")[1].split("## Walkthrough")[0]
+    [commands] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [name for name in commands.choices if f"`promo {name}" not in table]
+    assert not missing, missing

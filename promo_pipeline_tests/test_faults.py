@@ -67,6 +67,37 @@ POINT_TEXT = {
 }
 MAX_RECOVERY_RUNS = 3
 DOC = REPO / "docs" / "reliability.md"
+# Faults of the input that no run injects but operators and retention cause; each is covered
+# by a fast test against the real stack (name: fault, what is done, what the pipeline does,
+# the test).
+INPUT_FAULTS = {
+    "topic recreated": (
+        "the input topic is deleted and created again (a new Kafka topic id), its new end "
+        "offsets below the checkpoint's, then above them",
+        "detected before the streaming query starts (the topic id recorded in "
+        "`promo.input_topics`, or checkpoint offsets past the topic's end); the checkpoint is "
+        "set aside (kept), the topic is read from its start, the run's metadata says "
+        "`topic_recreated`, `promo.input_events` and the log record it; the sensor launches a "
+        "run for it; the ledger keeps every pair at one trigger",
+        "test_input_edges.py::test_recreated_topic_is_read_from_its_start",
+    ),
+    "retention gap": (
+        "offsets not yet read are deleted (`delete_records`, as retention does)",
+        "the lost ranges are recorded before the query starts (`promo.input_events`, run "
+        "metadata `lost_offsets`/`lost_ranges`, the ERROR check `no_input_lost_before_read`, "
+        "`promo status`); the run reads on from what exists (`failOnDataLoss` off for that run "
+        "only), so no run fails for ever",
+        "test_input_edges.py::test_retention_gap_is_reported_and_the_pipeline_reads_on",
+    ),
+    "corrupted checkpoint": (
+        "the newest `offsets/N` or `commits/N` file is cut in half",
+        "every run fails in one line naming the file and the `promo rewind --to-offsets ...` "
+        "that resumes after the last good batch; `promo status` says the checkpoint is corrupt "
+        "instead of counting messages; the sensor does not launch runs that would fail",
+        "test_input_edges.py::test_corrupt_checkpoint_names_the_file_and_the_rewind_that_"
+        "repairs_it",
+    ),
+}
 
 
 @dataclass
@@ -314,6 +345,18 @@ def render(results: dict[tuple[str, str], Cell]) -> str:
         "before the fault: the outbox resends every trigger of the slices whose Spark job did "
         "not finish, rebuilt from its Postgres row, so the repeats are byte-identical "
         "(at-least-once, as promised).",
+        "",
+        "## Faults of the input",
+        "",
+        "Not injected by the matrix above: operators and retention cause them between runs. "
+        "Each has a test against the real stack (in `promo_pipeline_tests/`).",
+        "",
+        "| fault | what is done | what the pipeline does | test |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {done} | {outcome} | `{test}` |"
+            for name, (done, outcome, test) in INPUT_FAULTS.items()
+        ),
         "",
     ]
     return "\n".join(lines)

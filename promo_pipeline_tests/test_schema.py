@@ -62,3 +62,15 @@ def test_extra_fields_are_ignored() -> None:
     outcome = parse_campaign(encoded(promo_code="SPRING", nested={"a": [1]}))
     assert isinstance(outcome, Campaign)
     assert outcome.model_dump() == SEED_CAMPAIGN
+
+
+@pytest.mark.parametrize(
+    ("epoch", "accepted"),
+    [(946_684_799, False), (946_684_800, True), (4_102_444_800, True), (4_102_444_801, False)],
+)
+def test_campaign_times_are_plausible_epoch_seconds(epoch: int, accepted: bool) -> None:
+    """2000-01-01 and 2100-01-01 themselves are accepted; the sample's end is 2100-01-01."""
+    outcome = parse_campaign(encoded(datetime_created=epoch))
+    assert isinstance(outcome, Campaign) == accepted, outcome
+    if not accepted:
+        assert outcome.code == "epoch_out_of_range"

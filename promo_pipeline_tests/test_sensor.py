@@ -150,3 +150,16 @@ def test_sensor_fails_a_started_run_only_while_nobody_holds_the_pipeline_lock(
     # The slot is free: the waiting run is what the next tick waits for.
     after, _ = tick_with(None)
     assert f"{waiting.run_id[:8]} is NOT_STARTED" in after.skip_message
+
+
+def test_sensor_survives_a_stored_millisecond_campaign(pipeline: Pipeline) -> None:
+    from promo_pipeline_tests.faults import wait_topics_ready
+    from promo_pipeline_tests.test_cli import insert_campaign, millisecond_campaign
+
+    wait_topics_ready(pipeline.settings)  # the tick reads watermarks of the topic just created
+    stored = millisecond_campaign()
+    insert_campaign(pipeline, stored)
+    idle = tick(pipeline, DagsterInstance.ephemeral())
+    assert isinstance(idle, SkipReason), idle
+    start = stored["adv_campaign_datetime_start"]
+    assert f"next held campaign due at epoch {start} (out of range)" in idle.skip_message

@@ -10,10 +10,18 @@ from typing import Any, Self
 
 import psycopg
 from confluent_kafka import KafkaException, Producer
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 from psycopg.types.json import Jsonb
 from pyspark.sql import DataFrame
 
+from promo_pipeline.checkpoint import (
+    CheckpointError,
+    InputError,
+    committed_offsets,
+    describe_gaps,
+    plan_input,
+    record_offsets,
+)
 from promo_pipeline.faultpoints import fault_point, fault_rows
 from promo_pipeline.resources import (
     KafkaResource,
@@ -22,9 +30,14 @@ from promo_pipeline.resources import (
     SparkResource,
     StateResource,
 )
-from promo_pipeline.schema import CAMPAIGN_COLUMNS, Campaign, Rejection, parse_campaign
+from promo_pipeline.schema import (
+    CAMPAIGN_COLUMNS,
+    Campaign,
+    Rejection,
+    cancelled,
+    parse_campaign,
+)
 from promo_pipeline.topics import produce_all
-from promo_pipeline.work import committed_offsets
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +147,28 @@ class DeadLetters:
             )
 
 
+def known_campaigns(conninfo: str, outcomes: list[tuple[Any, ...]]) -> set[str]:
+    """Of the ids in end <= start messages, those already stored or valid in this batch: only
+    a campaign that exists can be cancelled; for any other id it stays a producer error."""
+    candidates = {
+        o.fields.adv_campaign_id
+        for o, *_ in outcomes
+        if isinstance(o, Rejection) and o.fields is not None
+    }
+    if not candidates:
+        return set()
+    in_batch = {o.adv_campaign_id for o, *_ in outcomes if isinstance(o, Campaign)}
+    with psycopg.connect(conninfo) as conn:
+        stored = {
+            row[0]
+            for row in conn.execute(
+                "SELECT adv_campaign_id FROM promo.campaigns WHERE adv_campaign_id = ANY(%s)",
+                (list(candidates),),
+            )
+        }
+    return (stored | in_batch) & candidates
+
+
 RECORD_BATCH = """
 INSERT INTO promo.campaign_batches
     (run_id, batch_id, messages, valid, campaigns_changed, rejected)
@@ -155,10 +190,20 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
     valid: list[tuple[Campaign, int, int]] = []
     rejected: Counter[str] = Counter()
     dead_letters = DeadLetters(target.kafka_config, target.dlq_topic)
-    for key, value, topic, partition, offset in zip(*columns, strict=True):
-        outcome = parse_campaign(value)
+    outcomes = [
+        (parse_campaign(value), key, value, topic, partition, offset)
+        for key, value, topic, partition, offset in zip(*columns, strict=True)
+    ]
+    known = known_campaigns(target.conninfo, outcomes)
+    cancels = 0
+    for outcome, key, value, topic, partition, offset in outcomes:
         if isinstance(outcome, Campaign):
             valid.append((outcome, partition, offset))
+        elif outcome.fields is not None and outcome.fields.adv_campaign_id in known:
+            # end <= start for a campaign we know: its cancellation, stored so it never fires
+            # (the upsert keeps it only if it is at least as new as the stored version).
+            valid.append((cancelled(outcome.fields), partition, offset))
+            cancels += 1
         else:
             rejected[outcome.code] += 1
             dead_letters.send(key, value, outcome, f"{topic}/{partition}/{offset}")
@@ -182,10 +227,12 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
             (target.run_id, batch_id, table.num_rows, len(valid), changed, Jsonb(rejected)),
         )
     log.info(
-        "campaign micro-batch %s: %s messages, %s valid, %s campaigns changed, rejected %s",
+        "campaign micro-batch %s: %s messages, %s valid (%s cancellations), %s campaigns "
+        "changed, rejected %s",
         batch_id,
         table.num_rows,
         len(valid),
+        cancels,
         changed,
         dict(rejected) or 0,
     )
@@ -268,13 +315,37 @@ def campaign_batch(
         dlq_topic=kafka.dlq_topic,
         run_id=context.run_id,
     )
+    try:
+        plan = plan_input(
+            kafka, target.conninfo, state.state_dir, state.checkpoint_dir, context.run_id
+        )
+    except (CheckpointError, InputError) as error:
+        raise Failure(str(error)) from None
+    except psycopg.errors.UndefinedTable as error:
+        raise Failure(
+            f"{str(error).splitlines()[0]}: the database predates this version; "
+            "run `promo db upgrade`"
+        ) from None
+    if plan.recreated:
+        context.log.warning(
+            f"input topic {kafka.input_topic} was recreated (topic id {plan.topic_id}, was "
+            f"{plan.recreated['previous_topic_id']}): read from its start; old checkpoint "
+            f"kept in {plan.recreated['old_checkpoint']}"
+        )
+    if plan.gaps:
+        context.log.error(
+            f"input topic {kafka.input_topic}: {plan.lost} offsets deleted by retention before "
+            f"they were read ({describe_gaps(plan.gaps)}); reading on from what exists"
+        )
     before = committed_offsets(state.checkpoint_dir)
     with spark.failing_fast():
         query = (
             spark.spark_session.readStream.format("kafka")
             .options(**kafka.spark_options())
             .option("subscribe", kafka.input_topic)
-            .option("startingOffsets", "earliest")
+            .option("startingOffsets", plan.starting_offsets)
+            # Only after the gap is recorded above: Spark would fail on it in every run.
+            .option("failOnDataLoss", str(plan.fail_on_data_loss).lower())
             .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
             .load()
             .writeStream.queryName("campaign_batch")
@@ -285,12 +356,13 @@ def campaign_batch(
         )
         query.awaitTermination()
         if query.exception() is not None:
-            raise query.exception()
+            raise Failure(f"campaign stream failed: {root_cause(query.exception())}")
     progress = [json.loads(p.json) for p in query.recentProgress]
     for report in progress:
         if report.get("numInputRows"):
             context.log.info(f"streaming progress: {json.dumps(report)}")
     ranges = offsets_read(progress, before, committed_offsets(state.checkpoint_dir))
+    record_offsets(target.conninfo, context.run_id, kafka.input_topic, plan.topic_id, ranges)
     tally = CampaignTally.of_run(target.conninfo, context.run_id)
     held, expired, active = campaign_windows(target.conninfo, ranges, int(time.time()))
     context.log.info(
@@ -314,5 +386,20 @@ def campaign_batch(
             "offsets": MetadataValue.json(
                 {str(p): {"start": start, "end": end} for p, (start, end) in sorted(ranges.items())}
             ),
+            "topic_id": plan.topic_id,
+            "topic_recreated": plan.recreated is not None,
+            **({"recreated": MetadataValue.json(plan.recreated)} if plan.recreated else {}),
+            "lost_offsets": plan.lost,
+            "lost_ranges": MetadataValue.json(
+                {str(p): {"from": s, "to": e} for p, (s, e) in sorted(plan.gaps.items())}
+            ),
         }
     )
+
+
+def root_cause(error: BaseException) -> str:
+    """The first line of Spark's error, without the query ids and the JVM stack: the one line
+    a failed run reports."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    return first.split("terminated with exception: ", 1)[-1][:500]

@@ -29,6 +29,17 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+def runuser() -> str:
+    """runuser lives in /usr/sbin, which cron's PATH (/usr/bin:/bin) leaves out."""
+    found = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+    if found is None:
+        raise RuntimeError(
+            "runuser not found on PATH, /usr/sbin or /sbin (it starts Postgres as user "
+            f"{OS_USER} when run as root); install util-linux"
+        )
+    return found
+
+
 def _find_bin_dir() -> Path | None:
     versions = [p for p in PG_ROOT.glob("*/bin") if (p / "initdb").exists()]
     if not versions:
@@ -100,7 +111,7 @@ class PostgresCluster:
         self.log_file = self.dir / "postgres.log"
 
     def _as_server_user(self, cmd: list[str]) -> list[str]:
-        return ["runuser", "-u", OS_USER, "--", *cmd] if _is_root() else cmd
+        return [runuser(), "-u", OS_USER, "--", *cmd] if _is_root() else cmd
 
     def _run(self, cmd: list[str], what: str) -> None:
         proc = subprocess.run(
