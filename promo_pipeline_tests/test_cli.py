@@ -282,13 +282,15 @@ def test_status_on_a_database_that_predates_the_input_tables_names_the_fix(
     from promo_pipeline_tests.faults import wait_topics_ready
 
     wait_topics_ready(pipeline.settings)
+    # A database at the revision before the input tables.
     pipeline.sql("DROP TABLE promo.input_topics")
+    pipeline.sql("UPDATE promo.alembic_version SET version_num = '0002_fanout_slices'")
     assert main(["status"]) == 1
     assert one_line_error(capsys) == (
         'promo: relation "promo.input_topics" does not exist: the database predates this '
-        "version; run `promo db init`"
+        "version; run `promo db upgrade`"
     )
-    assert main(["db", "init"]) == 0
+    assert main(["db", "upgrade"]) == 0
     capsys.readouterr()
     assert main(["status"]) == 0
 
