@@ -155,7 +155,7 @@ try {
   for (const name of ['push_sink', 'triggers']) {
     log(`asset ${name}: Materialize alone`);
     await page.goto(`${url}/assets/${name}`);
-    const button = page.getByRole('button', { name: 'Materialize', exact: true });
+    const button = page.getByRole('button', { name: /Materialize$/ }).first();
     await button.waitFor();
     await button.click();
     const link = page.getByRole('link', { name: 'View', exact: true }).and(page.locator('a[href^="/runs/"]'));
