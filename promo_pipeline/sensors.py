@@ -62,7 +62,7 @@ def promo_work_sensor(
     return RunRequest(tags={"promo/reason": "; ".join(work.reasons)[:1000]})
 
 
-# A STARTED run holds the pipeline's Postgres lock from its first step to its end. Seen without
+# A STARTED run holds the pipeline's Postgres lock from its resource set-up to its end. Seen without
 # it on two ticks at least this far apart (and started at least as long ago), its process is
 # gone: the default run launcher cannot tell, so run monitoring would leave it STARTED for ever.
 DEAD_RUN_CONFIRM_S = 45
