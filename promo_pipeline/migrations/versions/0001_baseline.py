@@ -59,12 +59,19 @@ UPGRADE = [
         triggers int8 NOT NULL,
         created_at timestamptz NOT NULL DEFAULT now()
     )""",
-    # Pending triggers, one row each, for people and checks.
-    """CREATE OR REPLACE VIEW promo.kafka_outbox AS
-    SELECT f.adv_campaign_id, f.client_id, r.run_id
-    FROM promo.kafka_outbox_runs r
-    JOIN public.subscribers_feedback f
-      ON f.id BETWEEN r.first_id AND r.last_id AND f.trigger_datetime_created = r.trigger_time""",
+    # Pending triggers, one row each, for people and checks; a database that already has the
+    # view (of this or a later shape) keeps it.
+    """DO $$
+    BEGIN
+        IF to_regclass('promo.kafka_outbox') IS NULL THEN
+            CREATE VIEW promo.kafka_outbox AS
+            SELECT f.adv_campaign_id, f.client_id, r.run_id
+            FROM promo.kafka_outbox_runs r
+            JOIN public.subscribers_feedback f
+              ON f.id BETWEEN r.first_id AND r.last_id
+             AND f.trigger_datetime_created = r.trigger_time;
+        END IF;
+    END $$""",
 ]
 
 
