@@ -137,6 +137,9 @@ def test_compose_parses_and_resolves(resolved: tuple[dict[str, Any], str]) -> No
     assert services["user_code"]["environment"]["SPARK_MASTER"] == f"sc://spark_connect:{port}"
     assert spark["volumes"] == services["user_code"]["volumes"]
     assert "$PROMO_SPARK_JARS" in spark["command"][-1]
+    # A server that dies is started again; a run meanwhile fails in one line naming its log.
+    assert spark["restart"] in ("on-failure", "unless-stopped", "always")
+    assert "spark_connect" in services["user_code"]["environment"]["PROMO_SPARK_CONNECT_LOG"]
 
 
 def test_compose_passes_only_settings_the_code_reads(
