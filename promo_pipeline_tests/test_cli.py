@@ -231,7 +231,8 @@ def test_failed_runs_name_their_root_cause_in_one_line(
         assert main(["run"]) == 1
         line = failed_line(capsys)
         assert line.startswith(  # the pipeline lock's setup, before any step: the run fails
-            f"FAILED run: Postgres at 127.0.0.1:{pipeline.settings.postgres_port} (database "
+            f"FAILED before any step: Postgres at 127.0.0.1:{pipeline.settings.postgres_port} "
+            "(database "
             f"{pipeline.settings.postgres_db}, user {pipeline.settings.postgres_user}): "
         ), line
         assert "password authentication failed" in line and "check POSTGRES_*" in line, line
