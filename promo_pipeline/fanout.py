@@ -53,27 +53,53 @@ def _select_fields(client: str) -> str:
     )
 
 
-# One slice of a campaign's full fan-out: its bounds are the next `rows` distinct subscribers
-# of the restaurant after `after`, in client order (an index-only scan); its rows are those of
-# the range not yet triggered: a plain INSERT behind an anti-join writes less than ON
-# CONFLICT's speculative insertion, and the unique index still guards the pair.
-_RESTAURANT_CLIENTS = """
-    SELECT DISTINCT lower(s.client_id) AS client_id
-    FROM public.subscribers_restaurants s
-    WHERE lower(s.restaurant_id) = %(restaurant)s AND lower(s.client_id) > %(after)s"""
-FULL_SLICE_BOUNDS = f"""
-SELECT count(*), min(client_id), max(client_id)
-FROM ({_RESTAURANT_CLIENTS} ORDER BY 1 LIMIT %(rows)s) slice
+# One slice of the due full fan-outs: the next `rows` (campaign, subscriber) pairs, campaign by
+# campaign in the due order and each campaign's subscribers in client order after its cursor.
+# Index-only scans that stop once the slice is full, so a slice costs its own size whether it
+# spans one national chain or a thousand corner shops. Returns each campaign's client range.
+FULL_SLICE_PLAN = """
+WITH pairs AS (
+    SELECT d.n, s.client_id
+    FROM (SELECT * FROM unnest(%(campaigns)s::text[], %(restaurants)s::text[], %(afters)s::text[])
+          WITH ORDINALITY AS d(campaign, restaurant, after, n) ORDER BY n) d
+    CROSS JOIN LATERAL (
+        SELECT DISTINCT lower(x.client_id) AS client_id FROM public.subscribers_restaurants x
+        WHERE lower(x.restaurant_id) = d.restaurant AND lower(x.client_id) > d.after
+        ORDER BY 1 LIMIT %(rows)s) s
+    ORDER BY d.n, s.client_id LIMIT %(rows)s
+)
+SELECT n, count(*), min(client_id), max(client_id) FROM pairs GROUP BY n ORDER BY n
 """
+# The planned ranges' pairs not yet triggered, written: a plain INSERT behind an anti-join
+# writes less than ON CONFLICT's speculative insertion, and the unique index still guards it.
 FULL_SLICE = f"""
-INSERT INTO public.subscribers_feedback ({_TRIGGER_COLUMNS})
-SELECT {_select_fields("slice.client_id")}
-FROM ({_RESTAURANT_CLIENTS} AND lower(s.client_id) <= %(last)s) slice
-CROSS JOIN promo.campaigns c
-WHERE c.adv_campaign_id = %(campaign)s
-  AND NOT EXISTS (SELECT 1 FROM public.subscribers_feedback f
-                  WHERE f.adv_campaign_id = c.adv_campaign_id AND f.client_id = slice.client_id)
-ORDER BY slice.client_id
+WITH written AS (
+    INSERT INTO public.subscribers_feedback ({_TRIGGER_COLUMNS})
+    SELECT {_select_fields("slice.client_id")}
+    FROM unnest(%(campaigns)s::text[], %(firsts)s::text[], %(lasts)s::text[])
+         WITH ORDINALITY AS g(campaign, first, last, n)
+    JOIN promo.campaigns c ON c.adv_campaign_id = g.campaign
+    CROSS JOIN LATERAL (
+        SELECT DISTINCT lower(x.client_id) AS client_id FROM public.subscribers_restaurants x
+        WHERE lower(x.restaurant_id) = lower(c.restaurant_id)
+          AND lower(x.client_id) BETWEEN g.first AND g.last) slice
+    WHERE NOT EXISTS (SELECT 1 FROM public.subscribers_feedback f
+                      WHERE f.adv_campaign_id = c.adv_campaign_id AND f.client_id = slice.client_id)
+    ORDER BY g.n, slice.client_id
+    RETURNING adv_campaign_id
+)
+SELECT adv_campaign_id, count(*) FROM written GROUP BY 1
+"""
+# Fan-out progress of the campaigns a slice reached: finished (with the watermark their walk
+# started from) or, for the one the slice ended in, the cursor to go on from.
+FULL_SLICE_PROGRESS = """
+UPDATE promo.campaigns c
+SET fanout_through = CASE WHEN p.cursor IS NULL THEN coalesce(c.fanout_started_at, %(w)s) END,
+    fanout_started_at = CASE WHEN p.cursor IS NULL THEN NULL
+                             ELSE coalesce(c.fanout_started_at, %(w)s) END,
+    fanout_cursor = p.cursor
+FROM unnest(%(campaigns)s::text[], %(cursors)s::text[]) AS p(campaign, cursor)
+WHERE c.adv_campaign_id = p.campaign
 """
 
 # One slice of new subscriptions (ids in (lo, hi]) for every active campaign already fanned
@@ -102,7 +128,7 @@ VALUES (%s, %s, %s, %s, %s, %s)
 # Campaigns due for a full fan-out at T; those not started first, so a huge one in progress
 # never holds back the campaigns that arrived after it.
 DUE_FULL = f"""
-SELECT adv_campaign_id, lower(restaurant_id), coalesce(fanout_cursor, ''), fanout_started_at
+SELECT adv_campaign_id, lower(restaurant_id), coalesce(fanout_cursor, '')
 FROM promo.campaigns
 WHERE {active_at("%(t)s")} AND fanout_through IS NULL
 ORDER BY fanout_cursor IS NOT NULL, updated_at, adv_campaign_id
@@ -256,39 +282,52 @@ def new_subscription_slices(
 def full_fanout_slices(
     conn: psycopg.Connection, window: Window, slice_rows: int
 ) -> Iterator[SliceResult]:
-    """Every due campaign's full fan-out, `slice_rows` subscribers per committed slice; the
-    campaign's cursor moves with each slice, so a new run resumes where this one stopped."""
-    due = conn.execute(DUE_FULL, {"t": window.trigger_time}).fetchall()
-    for campaign, restaurant, after, started_at in due:
-        # Subscriptions up to W are covered by this walk; later ones by the new-subscription
-        # step, from the watermark this campaign takes when its walk ends.
-        started_at = window.subscriber_watermark if started_at is None else started_at
-        while True:
-            params = {
-                "restaurant": restaurant,
-                "after": after,
-                "rows": slice_rows,
-                "campaign": campaign,
-                "t": window.trigger_time,
-            }
-            with conn.transaction():
-                seen, first, last = conn.execute(FULL_SLICE_BOUNDS, params).fetchone()
-                count = conn.execute(FULL_SLICE, {**params, "last": last}).rowcount if seen else 0
-                if count:
-                    # The rows of [first, last] stamped T are exactly this slice's.
-                    _outbox(conn, window, campaign, first, last, count)
-                done = seen < slice_rows
-                conn.execute(
-                    "UPDATE promo.campaigns SET fanout_cursor = %s, fanout_started_at = %s, "
-                    "fanout_through = %s WHERE adv_campaign_id = %s",
-                    (
-                        None if done else last,
-                        None if done else started_at,
-                        started_at if done else None,
-                        campaign,
-                    ),
+    """Every due campaign's full fan-out, `slice_rows` pairs per committed slice; each slice
+    saves the campaigns' progress with its rows, so a new run resumes where this one stopped."""
+    due = [list(row) for row in conn.execute(DUE_FULL, {"t": window.trigger_time})]
+    while due:
+        with conn.transaction():
+            planned = conn.execute(
+                FULL_SLICE_PLAN,
+                {
+                    "campaigns": [row[0] for row in due],
+                    "restaurants": [row[1] for row in due],
+                    "afters": [row[2] for row in due],
+                    "rows": slice_rows,
+                },
+            ).fetchall()
+            full = sum(count for _, count, _, _ in planned) >= slice_rows
+            # A full slice may have cut its last campaign short: every campaign before that one
+            # is done, and every due campaign is when the slice is not full.
+            reached = planned[-1][0] if full else len(due)
+            ranges = {due[n - 1][0]: (first, last) for n, _, first, last in planned}
+            written: dict[str, int] = {}
+            if ranges:
+                written = dict(
+                    conn.execute(
+                        FULL_SLICE,
+                        {
+                            "campaigns": list(ranges),
+                            "firsts": [first for first, _ in ranges.values()],
+                            "lasts": [last for _, last in ranges.values()],
+                            "t": window.trigger_time,
+                        },
+                    ).fetchall()
                 )
-            yield SliceResult({campaign: count})
-            if done:
-                break
-            after = last
+            for campaign, count in written.items():
+                # The rows of the range stamped T are exactly this slice's.
+                _outbox(conn, window, campaign, *ranges[campaign], count)
+            touched = [row[0] for row in due[:reached]]
+            cursor = ranges[touched[-1]][1] if full else None
+            conn.execute(
+                FULL_SLICE_PROGRESS,
+                {
+                    "campaigns": touched,
+                    "cursors": [None] * (len(touched) - 1) + [cursor],
+                    "w": window.subscriber_watermark,
+                },
+            )
+        yield SliceResult(written)
+        due = due[reached - 1 :] if full else []
+        if due:
+            due[0][2] = cursor

@@ -27,7 +27,7 @@ def triggers(
         params = {"t": window.trigger_time, "w": window.subscriber_watermark}
         full = conn.execute(DUE_FULL, params).fetchall()
         since = conn.execute(NEW_FROM, params).fetchone()[0]
-    in_progress = [campaign for campaign, _, cursor, _ in full if cursor]
+    in_progress = [campaign for campaign, _, cursor in full if cursor]
     new_ids = 0 if since is None else window.subscriber_watermark - since
     context.log.info(
         f"triggers at T={window.trigger_time}: {len(full)} campaigns to fan out "
