@@ -213,3 +213,25 @@ def test_database_refuses_a_second_row_for_a_pair(pipeline: Pipeline) -> None:
     pipeline.sql(insert, values)
     with pytest.raises(psycopg.errors.UniqueViolation):
         pipeline.sql(insert, values)
+
+
+def test_trigger_time_is_the_databases_clock_not_the_run_hosts(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's host 2 h ahead of the database: the campaign active by the shared clock fires,
+    stamped with the database's time, and one due in 1.5 h does not fire early."""
+    [(now,)] = pipeline.sql("SELECT floor(extract(epoch FROM clock_timestamp()))::int8")
+    active = campaign(adv_campaign_datetime_start=now - 600, adv_campaign_datetime_end=now + 3600)
+    later = campaign(adv_campaign_datetime_start=now + 5400, adv_campaign_datetime_end=now + 9000)
+    client = new_uuid()
+    pipeline.subscribe((client, active["restaurant_id"]), (new_uuid(), later["restaurant_id"]))
+    pipeline.publish(active, later)
+    host_time = time.time
+    monkeypatch.setattr(time, "time", lambda: host_time() + 7200)
+    pipeline.run_ok()
+    monkeypatch.setattr(time, "time", host_time)
+
+    [(after,)] = pipeline.sql("SELECT floor(extract(epoch FROM clock_timestamp()))::int8")
+    [row] = pipeline.feedback()
+    assert (row["adv_campaign_id"], row["client_id"]) == (active["adv_campaign_id"], client)
+    assert now <= row["trigger_datetime_created"] <= after
