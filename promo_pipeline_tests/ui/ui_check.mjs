@@ -104,14 +104,17 @@ let failed = false;
 try {
   log(`asset graph at ${url}/asset-groups`);
   await page.goto(`${url}/asset-groups`);
-  // Boxes first appear empty; poll until every one shows its asset's name (the community
+  // Boxes first appear empty; poll until every one shows its asset's name and the edges are
+  // drawn (the community
   // dialog is dismissed here too: locator handlers only run during actions).
   const deadline = Date.now() + 120000;
   for (;;) {
     const skip = page.getByRole('button', { name: 'Skip', exact: true });
-    if (await skip.isVisible()) await skip.click();
-    const { nodes } = await page.evaluate(readGraph, EXPECTED_NODES);
-    if (nodes.length >= EXPECTED_NODES.length && nodes.every(Boolean)) break;
+    if (await skip.isVisible()) await skip.click({ timeout: 2000 }).catch(() => {});
+    const { nodes, edges } = await page.evaluate(readGraph, EXPECTED_NODES);
+    // Edges are drawn after the boxes: wait for at least a chain through all of them.
+    const drawn = edges.length >= EXPECTED_NODES.length - 1;
+    if (nodes.length >= EXPECTED_NODES.length && nodes.every(Boolean) && drawn) break;
     if (Date.now() > deadline) throw new Error(`asset graph shows ${JSON.stringify(nodes)}`);
     await page.waitForTimeout(500);
   }
