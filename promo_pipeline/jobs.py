@@ -18,9 +18,10 @@ promo_job = define_asset_job(
         # The run queue's limit of 1 on this tag (dagster.yaml) keeps runs from overlapping.
         "promo/pipeline": "promo_job",
         "dagster/max_runtime": str(MAX_RUNTIME_S),
-        # A retry (run_retries.max_retries in dagster.yaml) re-runs the whole job: in-memory
-        # outputs between assets rule out Dagster's default re-execution from the failed step.
-        "dagster/retry_strategy": "ALL_STEPS",
+        # A retry (run_retries.max_retries in dagster.yaml) re-runs the failed step and what
+        # follows it: every asset works from durable state, so a run that failed at push_sink is
+        # completed by sending the outbox, not by reading and joining again.
+        "dagster/retry_strategy": "FROM_FAILURE",
     },
     description="Read new campaigns, compute due triggers, write them to Postgres then Kafka.",
 )

@@ -372,3 +372,88 @@ def test_render_is_stable() -> None:
     }
     assert render(results) == render(dict(reversed(results.items())))
     assert len(POINTS) == len(BOUNDARIES) * len(FAULTS)
+
+
+@pytest.mark.slow
+@pytest.mark.daemon
+@pytest.mark.timeout(1200)
+def test_daemon_retries_a_run_that_failed_at_push_sink_once_kafka_is_back(
+    fault_stack: LocalStack,
+    cell_pipeline: Pipeline,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kafka goes down while a run, launched by the daemon's sensor, is at push_sink: the run
+    fails, the daemon retries it from the failed step, and with Kafka back the retry sends the
+    outbox: every trigger in both sinks, none twice."""
+    import psycopg
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    from promo_pipeline.db import conninfo
+    from promo_pipeline_tests.test_daemon import DONE, dagster_daemon, promo_runs
+
+    pipeline = cell_pipeline
+    expected = prepare(pipeline)
+    database = f"{pipeline.settings.postgres_db}_dagster"
+    with psycopg.connect(conninfo(pipeline.settings), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    for name, value in {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_DB": database,
+        # Inherited by every run the daemon launches: the first pauses at push_sink; the
+        # retry passes (the release file exists by then).
+        "PROMO_FAULT_AT": "push_sink.start",
+        "PROMO_FAULT_DIR": str(faults),
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    log = tmp_path / "daemon.log"
+    with dagster_daemon(log) as daemon:
+
+        def alive() -> None:
+            assert daemon.poll() is None, log.read_text()[-3000:]
+
+        poll(
+            lambda: alive() or (faults / "push_sink.start.reached").exists(),
+            300,
+            "the sensor's run to reach push_sink",
+            interval=1,
+        )
+        [first] = promo_runs()
+        fault_stack.kafka().stop()
+        (faults / "push_sink.start.release").write_text("go")
+
+        def status_of(run_id: str) -> DagsterRunStatus | None:
+            alive()
+            run = DagsterInstance.get().get_run_by_id(run_id)
+            return run.status if run is not None and run.status in DONE else None
+
+        assert poll(lambda: status_of(first.run_id), 300, "the first run to end", 1) == (
+            DagsterRunStatus.FAILURE
+        )
+        restart(fault_stack)
+        wait_topics_ready(pipeline.settings)
+
+        def retry_done() -> object:
+            alive()
+            retries = [r for r in promo_runs() if r.tags.get("dagster/parent_run_id")]
+            return retries and status_of(retries[0].run_id) and retries[0]
+
+        retry = poll(retry_done, 400, "the daemon's retry to end", 2)
+    assert retry.tags["dagster/parent_run_id"] == first.run_id
+    assert DagsterInstance.get().get_run_by_id(retry.run_id).status == DagsterRunStatus.SUCCESS
+    # From the failed step: the retry re-ran push_sink (and its check), not the read and join.
+    steps = {
+        event.step_key
+        for event in DagsterInstance.get().all_logs(retry.run_id)
+        if event.dagster_event is not None and event.dagster_event.event_type_value == "STEP_START"
+    }
+    assert "push_sink" in steps and "campaign_batch" not in steps, steps
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems
+    assert recovery.duplicates == 0

@@ -152,6 +152,8 @@ def push_sink(
         if earlier_runs:
             context.log.warning(f"resending triggers left unsent by runs {sorted(earlier_runs)}")
         if pending:
+            # Waits a little for brokers coming back (a retry right after an outage).
+            kafka.check_access()
             kafka.check_topic(kafka.output_topic)
         fault_point("push_sink.start")  # test-only; no-op unless PROMO_FAULT_AT is set
         entries = {slice_id: (run_id, count) for slice_id, run_id, count in pending}
