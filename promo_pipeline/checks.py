@@ -84,9 +84,9 @@ def one_trigger_per_campaign_and_client(postgres: PostgresResource) -> AssetChec
 
 @asset_check(
     asset=push_sink,
-    description="Every trigger of the run is in both sinks: Postgres holds one row per trigger "
-    "(stamped with the run's time) and nothing of the run waits in the Kafka outbox; Kafka "
-    "acknowledged exactly as many messages of the run as there were triggers.",
+    description="Every trigger of the run is in both sinks: nothing the run committed to "
+    "Postgres waits in the Kafka outbox, and Kafka acknowledged exactly as many messages of the "
+    "run as its slices wrote rows.",
 )
 def triggers_in_both_sinks(
     context: AssetCheckExecutionContext, postgres: PostgresResource
@@ -99,20 +99,15 @@ def triggers_in_both_sinks(
         )
     run_id, trigger_meta = produced
     expected = int(trigger_meta["rows_written"])
-    run_time = int(trigger_meta["run_time"])
     acknowledged = int(pushed[1]["sent_this_run"])
+    # The rows written are Postgres's own counts of the slices' committed INSERTs; counting the
+    # ledger again by trigger time would scan all of it (it has no index on that column).
     with postgres.connect() as conn:
-        in_postgres = conn.execute(
-            "SELECT count(*) FROM public.subscribers_feedback WHERE trigger_datetime_created = %s",
-            (run_time,),
-        ).fetchone()[0]
         unsent = conn.execute(
             "SELECT coalesce(sum(triggers), 0)::int8 FROM promo.trigger_outbox WHERE run_id = %s",
             (run_id,),
         ).fetchone()[0]
     problems = []
-    if in_postgres != expected:
-        problems.append(f"{in_postgres} of {expected} triggers in subscribers_feedback")
     if unsent:
         problems.append(f"{unsent} triggers still in the Kafka outbox")
     if acknowledged != expected:
@@ -122,7 +117,6 @@ def triggers_in_both_sinks(
         description="; ".join(problems) or f"all {expected} triggers in Postgres and Kafka",
         metadata={
             "triggers": expected,
-            "postgres_rows": in_postgres,
             "kafka_acknowledged": acknowledged,
             "outbox_pending": unsent,
             "run_id": run_id,
