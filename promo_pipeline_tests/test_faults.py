@@ -97,6 +97,20 @@ INPUT_FAULTS = {
         "test_input_edges.py::test_corrupt_checkpoint_names_the_file_and_the_rewind_that_"
         "repairs_it",
     ),
+    "manual id": (
+        "an operator inserts rows into `subscribers_feedback` with explicit ids at and above "
+        "the id sequence's next value",
+        "before writing, the Postgres sink moves the sequence past the highest id (logged, and "
+        "`id_sequence_moved_from` in the metadata); the outbox names its rows by campaign, "
+        "client range and trigger time, never by ids, so nothing else depends on them",
+        "test_fanout.py::test_rows_written_by_hand_above_the_id_sequence_do_not_stop_the_sink",
+    ),
+    "clock skew": (
+        "the run's host clock is 2 h ahead of the database's",
+        "T is taken from the database's clock (one clock for every host): the campaign active "
+        "by it fires, stamped with the database's time, and one due in 1.5 h does not fire early",
+        "test_pipeline.py::test_trigger_time_is_the_databases_clock_not_the_run_hosts",
+    ),
 }
 
 
@@ -348,7 +362,8 @@ def render(results: dict[tuple[str, str], Cell]) -> str:
         "",
         "## Faults of the input",
         "",
-        "Not injected by the matrix above: operators and retention cause them between runs. "
+        "Not injected by the matrix above: operators, retention and clocks cause them between "
+        "runs. "
         "Each has a test against the real stack (in `promo_pipeline_tests/`).",
         "",
         "| fault | what is done | what the pipeline does | test |",
