@@ -230,6 +230,7 @@ class InputPlan:
     fail_on_data_loss: bool = True
     recreated: dict[str, Any] | None = None
     gaps: dict[int, tuple[int, int]] = field(default_factory=dict)
+    waiting: int = 0  # messages past the checkpoint when the run looked
 
     @property
     def lost(self) -> int:
@@ -262,7 +263,7 @@ def plan_input(
         if position.corrupt:
             raise CheckpointError(position.corrupt)
         topic = kafka.input_topic
-        plan = InputPlan(position.topic_id)
+        plan = InputPlan(position.topic_id, waiting=sum(position.lag.values()))
         if position.recreated_from:
             moved = set_aside(checkpoint_dir, "recreated")
             Path(state_dir, START_FILE).unlink(missing_ok=True)

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,6 +21,7 @@ from promo_pipeline.checkpoint import (
     plan_input,
     record_offsets,
 )
+from promo_pipeline.fanout import db_now
 from promo_pipeline.faultpoints import fault_point, fault_rows
 from promo_pipeline.resources import (
     KafkaResource,
@@ -275,15 +275,14 @@ JOIN unnest(%(partitions)s::int[], %(starts)s::int8[], %(ends)s::int8[]) AS r(p,
 """
 
 
-def campaign_windows(
-    conninfo: str, ranges: dict[int, tuple[int, int]], now: int
-) -> tuple[int, int, int]:
-    """(held, expired, active) among the campaigns read in `ranges`."""
+def campaign_windows(conninfo: str, ranges: dict[int, tuple[int, int]]) -> tuple[int, int, int]:
+    """(held, expired, active) among the campaigns read in `ranges`, now by the database's
+    clock (the one the triggers use)."""
     with psycopg.connect(conninfo) as conn:
         held, expired, active = conn.execute(
             CAMPAIGN_WINDOWS,
             {
-                "now": now,
+                "now": db_now(conn),
                 "partitions": list(ranges),
                 "starts": [start for start, _ in ranges.values()],
                 "ends": [end for _, end in ranges.values()],
@@ -338,33 +337,37 @@ def campaign_batch(
             f"they were read ({describe_gaps(plan.gaps)}); reading on from what exists"
         )
     before = committed_offsets(state.checkpoint_dir)
-    with spark.failing_fast():
-        query = (
-            spark.spark_session.readStream.format("kafka")
-            .options(**kafka.spark_options())
-            .option("subscribe", kafka.input_topic)
-            .option("startingOffsets", plan.starting_offsets)
-            # Only after the gap is recorded above: Spark would fail on it in every run.
-            .option("failOnDataLoss", str(plan.fail_on_data_loss).lower())
-            .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
-            .load()
-            .writeStream.queryName("campaign_batch")
-            .foreachBatch(partial(ingest_batch, target=target))
-            .option("checkpointLocation", state.checkpoint_dir)
-            .trigger(availableNow=True)
-            .start()
-        )
-        query.awaitTermination()
-        if query.exception() is not None:
-            raise Failure(f"campaign stream failed: {root_cause(query.exception())}")
-    progress = [json.loads(p.json) for p in query.recentProgress]
-    for report in progress:
-        if report.get("numInputRows"):
-            context.log.info(f"streaming progress: {json.dumps(report)}")
+    progress: list[dict[str, Any]] = []
+    # Nothing past the checkpoint (and no recreated topic): no streaming query, no Spark at all;
+    # a run for new subscriptions or unsent triggers does not pay for reading nothing.
+    if plan.waiting or plan.recreated:
+        with spark.failing_fast():
+            query = (
+                spark.spark_session.readStream.format("kafka")
+                .options(**kafka.spark_options())
+                .option("subscribe", kafka.input_topic)
+                .option("startingOffsets", plan.starting_offsets)
+                # Only after the gap is recorded above: Spark would fail on it in every run.
+                .option("failOnDataLoss", str(plan.fail_on_data_loss).lower())
+                .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
+                .load()
+                .writeStream.queryName("campaign_batch")
+                .foreachBatch(partial(ingest_batch, target=target))
+                .option("checkpointLocation", state.checkpoint_dir)
+                .trigger(availableNow=True)
+                .start()
+            )
+            query.awaitTermination()
+            if query.exception() is not None:
+                raise Failure(f"campaign stream failed: {root_cause(query.exception())}")
+        progress = [json.loads(p.json) for p in query.recentProgress]
+        for report in progress:
+            if report.get("numInputRows"):
+                context.log.info(f"streaming progress: {json.dumps(report)}")
     ranges = offsets_read(progress, before, committed_offsets(state.checkpoint_dir))
     record_offsets(target.conninfo, context.run_id, kafka.input_topic, plan.topic_id, ranges)
     tally = CampaignTally.of_run(target.conninfo, context.run_id)
-    held, expired, active = campaign_windows(target.conninfo, ranges, int(time.time()))
+    held, expired, active = campaign_windows(target.conninfo, ranges)
     context.log.info(
         f"campaign batch: {tally.messages} messages in {tally.batches} micro-batches, "
         f"{tally.valid} valid, {tally.rejected_total} rejected; of the campaigns read "
