@@ -244,13 +244,6 @@ def move_id_sequence_past_manual_rows(conn: psycopg.Connection) -> tuple[int, in
     return at, highest
 
 
-@dataclass
-class SliceResult:
-    """What one committed slice wrote: triggers per campaign."""
-
-    per_campaign: dict[str, int]
-
-
 def _outbox(
     conn: psycopg.Connection, window: Window, campaign: str, first: str, last: str, count: int
 ) -> None:
@@ -259,9 +252,10 @@ def _outbox(
 
 def new_subscription_slices(
     conn: psycopg.Connection, window: Window, slice_rows: int
-) -> Iterator[SliceResult]:
+) -> Iterator[dict[str, int]]:
     """Triggers for subscriptions added since each fanned-out campaign's watermark, a slice of
-    `slice_rows` ids at a time, each slice committed with its outbox entries."""
+    `slice_rows` ids at a time, each slice committed with its outbox entries; yields each
+    slice's triggers per campaign."""
     params = {"t": window.trigger_time, "w": window.subscriber_watermark}
     lo = conn.execute(NEW_FROM, params).fetchone()[0]
     while lo is not None and lo < window.subscriber_watermark:
@@ -275,13 +269,13 @@ def new_subscription_slices(
                 f"WHERE {active_at('%(t)s')} AND fanout_through < %(hi)s",
                 {**params, "hi": hi},
             )
-        yield SliceResult({row[0]: row[3] for row in written})
+        yield {row[0]: row[3] for row in written}
         lo = hi
 
 
 def full_fanout_slices(
     conn: psycopg.Connection, window: Window, slice_rows: int
-) -> Iterator[SliceResult]:
+) -> Iterator[dict[str, int]]:
     """Every due campaign's full fan-out, `slice_rows` pairs per committed slice; each slice
     saves the campaigns' progress with its rows, so a new run resumes where this one stopped."""
     due = [list(row) for row in conn.execute(DUE_FULL, {"t": window.trigger_time})]
@@ -327,7 +321,7 @@ def full_fanout_slices(
                     "w": window.subscriber_watermark,
                 },
             )
-        yield SliceResult(written)
+        yield written
         due = due[reached - 1 :] if full else []
         if due:
             due[0][2] = cursor

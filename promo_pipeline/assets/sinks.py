@@ -77,9 +77,9 @@ def feedback_sink(
         # once more for the campaigns whose full fan-out just ended below W.
         steps = (new_subscription_slices, full_fanout_slices, new_subscription_slices)
         for step in steps:
-            for result in step(conn, window, state.trigger_slice_rows):
+            for per_campaign in step(conn, window, state.trigger_slice_rows):
                 slices += 1
-                for campaign, count in result.per_campaign.items():
+                for campaign, count in per_campaign.items():
                     written[campaign] = written.get(campaign, 0) + count
                 # test-only; no-op unless PROMO_FAULT_AT is set
                 fault_point("feedback_sink.slice")
