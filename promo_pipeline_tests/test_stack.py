@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from promo_pipeline.stack import LocalStack
 from promo_pipeline.stack._proc import wait_until
+from promo_pipeline_tests.conftest import campaign
 
 pytestmark = pytest.mark.stack
 
@@ -188,19 +189,22 @@ def test_demo_runs_on_the_stacks_spark_connect_server(
 def test_dead_connect_server_fails_the_run_in_one_line_and_up_restarts_it(
     stack: LocalStack, env: dict[str, str]
 ) -> None:
+    promo = str(Path(sys.executable).with_name("promo"))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(tuple(EXPECTED_KEYS))}
+    stack_env = {**clean, "PROMO_STACK_DIR": str(stack.dir)}
+    # Tables, topics and a new campaign message: the run must read it through Spark
+    # (with nothing new past the checkpoint, a run needs no Spark and succeeds without it).
+    for command, stdin in (["stack", "up"], None), (["send"], json.dumps(campaign())):
+        done = subprocess.run(
+            [promo, *command], env=stack_env, input=stdin, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
     connect = stack.spark_connect()
     os.kill(connect.pid(), signal.SIGKILL)
     assert wait_until(lambda: not connect.is_running(), 30)
 
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(tuple(EXPECTED_KEYS))}
     started = time.monotonic()
-    run = subprocess.run(
-        [str(Path(sys.executable).with_name("promo")), "run"],
-        env={**clean, "PROMO_STACK_DIR": str(stack.dir)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = subprocess.run([promo, "run"], env=stack_env, capture_output=True, text=True, timeout=300)
     seconds = time.monotonic() - started
     assert run.returncode != 0
     assert seconds < 60, f"the run took {seconds:.0f} s to fail"
