@@ -135,7 +135,7 @@ class Pipeline:
         assert producer.flush(30) == 0
 
     def run(self) -> tuple[bool, str]:
-        from promo_pipeline.cli import run_job
+        from promo_pipeline.cli.run import run_job
 
         return run_job()
 

@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from promo_pipeline.cli import main, run_job
+from promo_pipeline.cli import main
+from promo_pipeline.cli.run import run_job
 from promo_pipeline.db import (
     SEED_DDL,
     SchemaVersionError,

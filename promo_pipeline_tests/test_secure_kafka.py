@@ -24,7 +24,7 @@ from dagster import DagsterInstance, Failure, RunsFilter
 from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster_shared.serdes import serialize_value
 
-from promo_pipeline.cli import send
+from promo_pipeline.cli.messages import send
 from promo_pipeline.db import conninfo
 from promo_pipeline.resources import kafka_resource, postgres_resource, state_resource
 from promo_pipeline.settings import Settings, load_settings

@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from promo_pipeline.cli import prepare
+from promo_pipeline.cli.stack import prepare
 from promo_pipeline.settings import Settings, load_settings
 from promo_pipeline_tests.conftest import Pipeline
 from promo_pipeline_tests.faults import poll

@@ -1,0 +1,82 @@
+"""`promo`: the local stack, the tables, one run of the job, a demo on sample data, and the
+operator's recovery tools (rewind the input, replay dead letters)."""
+
+# The docstring above is `promo --help`'s description. Each verb group's module adds its own
+# commands (`add_parser`); this module only assembles them and turns errors into one line.
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from promo_pipeline.cli import messages, recovery, run, stack, status
+from promo_pipeline.cli.common import UserError
+from promo_pipeline.settings import SettingsError
+
+# The order of `promo --help`'s command list.
+VERB_GROUPS = (stack, messages, status, recovery, run)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument mistakes as one line naming the fix, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = OneLineParser(
+        prog="promo",
+        description=__doc__,
+        epilog="examples:\n  promo stack up && promo send promo_pipeline/sample/campaigns.jsonl "
+        "&& promo run\n  promo tail --from-beginning -n 5\n  promo status\n"
+        "Settings come from the environment, else from .promo/stack.env.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in VERB_GROUPS:
+        group.add_parser(commands)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("py4j", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SettingsError, UserError) as error:
+        print(f"promo: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        problem = _connection_problem(error)
+        if problem is None:
+            raise
+        print(f"promo: {problem}", file=sys.stderr)
+        return 1
+
+
+def _connection_problem(error: Exception) -> str | None:
+    """A down or unreachable service, said in one line; None for anything else (a bug)."""
+    import psycopg
+    from confluent_kafka import KafkaException
+
+    if isinstance(error, psycopg.OperationalError):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"Postgres does not answer ({first}); is the stack up? `promo stack status`"
+    if isinstance(error, KafkaException):
+        return f"Kafka: {error.args[0] if error.args else error}"
+    if isinstance(error, psycopg.errors.UndefinedTable):
+        first = str(error).strip().splitlines()[0]
+        return f"{first}: the database predates this version; run `promo db upgrade`"
+    from promo_pipeline.checkpoint import CheckpointError, InputError
+
+    if isinstance(error, CheckpointError | InputError):
+        return str(error)
+    return None

@@ -1,0 +1,58 @@
+"""What every verb group shares: the one-line user error, the stack folder, and how a command's
+`--help` is built from its handler's docstring."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STACK_DIR = ".promo"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UserError(Exception):
+    """Something the user can fix (a wrong argument, a stack that is down): one line, no
+    traceback."""
+
+
+def add_command(commands: Any, name: str, handler: Handler) -> argparse.ArgumentParser:
+    """The subcommand `name`, run by `handler`, whose docstring is its `--help`: the first line
+    the summary in `promo --help`, then the description, then an `examples:` section.
+
+    One place for the help's layout, so a new command cannot drift from the others'.
+    """
+    summary, _, rest = (inspect.getdoc(handler) or name).partition("\n")
+    description, _, examples = rest.partition("examples:\n")
+    command = commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(" ".join(description.split()), 88),
+        epilog="examples:\n" + textwrap.indent(examples.rstrip("\n") + "\n", "  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.set_defaults(func=handler)
+    return command
+
+
+def add_stack_options(command: argparse.ArgumentParser) -> None:
+    """`--dir` and `--spark`, for the commands that start the local stack."""
+    from promo_pipeline.stack.local import SPARK_ENGINES
+
+    command.add_argument("--dir", help=f"stack folder (default {DEFAULT_STACK_DIR}/)")
+    command.add_argument(
+        "--spark",
+        choices=SPARK_ENGINES,
+        default="connect",
+        help="connect (default): runs use the stack's warm Spark Connect server; local: each "
+        "run starts its own Spark session (slower start, no server to keep)",
+    )
+
+
+def stack_dir(args: argparse.Namespace) -> Path:
+    return Path(args.dir or os.environ.get("PROMO_STACK_DIR", DEFAULT_STACK_DIR))

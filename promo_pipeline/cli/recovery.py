@@ -1,0 +1,239 @@
+"""`promo rewind` and `promo dlq replay`: the operator's tools to re-read the input and to
+re-send dead letters once their cause is fixed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from promo_pipeline.cli.common import UserError, add_command
+from promo_pipeline.cli.kafka import Publisher, require_topic
+from promo_pipeline.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # resources imports Dagster: too slow for `promo --help`
+    from promo_pipeline.resources import KafkaResource
+
+# Offsets as Spark's startingOffsets names them: a partition's start, or its end.
+EARLIEST, LATEST = -2, -1
+READ_TIMEOUT_S = 60
+
+
+def _parse_offsets(value: str) -> dict[int, int]:
+    problem = UserError(f"--to-offsets expects PARTITION:OFFSET,... (e.g. 0:10,1:4): {value!r}")
+    try:
+        pairs = [item.split(":") for item in value.split(",") if item.strip()]
+        offsets = {int(p): int(o) for p, o in pairs}
+    except ValueError:
+        raise problem from None
+    if not offsets or any(p < 0 or o < 0 for p, o in offsets.items()):
+        raise problem
+    return offsets
+
+
+def _parse_time(value: str) -> int:
+    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise), as epoch ms."""
+    if value.isdigit():
+        return int(value) * 1000
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(
+            f"--to-time expects epoch seconds or an ISO time like 2026-11-26T09:00:00Z: {value!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def rewind(
+    settings: Settings,
+    *,
+    to_offsets: dict[int, int] | None = None,
+    to_time_ms: int | None = None,
+) -> str:
+    """Set the checkpoint aside and name where the next run starts (all partitions at their
+    start unless offsets or a time say otherwise); refused while a run holds the lock."""
+    import psycopg
+
+    from promo_pipeline.checkpoint import START_FILE, record_event, set_aside, topic_id
+    from promo_pipeline.db import conninfo
+    from promo_pipeline.resources import PipelineLockResource, kafka_resource, state_resource
+
+    kafka = kafka_resource(settings)
+    topic = kafka.input_topic
+    require_topic(settings, topic)
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        # Held until the end of this block, so no run starts while the files move.
+        key = PipelineLockResource.LOCK_KEY
+        if not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
+            raise UserError(
+                "a promo_pipeline run holds the pipeline lock; rewind refused (wait for the run "
+                "to end: `promo status`)"
+            )
+        target = _rewind_target(kafka, topic, to_offsets, to_time_ms)
+        moved = set_aside(state_resource(settings).checkpoint_dir, "rewound")
+        settings.promo_state_dir.mkdir(parents=True, exist_ok=True)
+        identity = topic_id(kafka, topic)
+        offsets = {str(p): o for p, o in target.items()}
+        (settings.promo_state_dir / START_FILE).write_text(
+            json.dumps({"topic_id": identity, "offsets": {topic: offsets}})
+        )
+        record_event(
+            conn, None, topic, "rewind", {"offsets": offsets, "old_checkpoint": str(moved)}
+        )
+    where = ", ".join(
+        f"p{p} at {'its start' if o == EARLIEST else 'its end' if o == LATEST else o}"
+        for p, o in sorted(target.items())
+    )
+    kept = f"; the old checkpoint is kept in {moved}" if moved else ""
+    return f"rewound {topic}: the next run reads {where}{kept}"
+
+
+def _rewind_target(
+    kafka: KafkaResource, topic: str, to_offsets: dict[int, int] | None, to_time_ms: int | None
+) -> dict[int, int]:
+    """Where each partition starts: the given offset, the first at or after the time, or
+    the partition's start; UserError for a partition or offset the topic does not have."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from promo_pipeline.work import KAFKA_TIMEOUT_S, topic_watermarks
+
+    watermarks = topic_watermarks(kafka, topic)
+    if to_offsets is not None:
+        unknown = sorted(set(to_offsets) - set(watermarks))
+        if unknown:
+            raise UserError(f"topic {topic} has no partition {unknown[0]}")
+        past = {p: o for p, o in to_offsets.items() if o > watermarks[p][1]}
+        if past:
+            p, o = min(past.items())
+            raise UserError(f"offset {o} is past the end of {topic} p{p} ({watermarks[p][1]})")
+        return {p: to_offsets.get(p, EARLIEST) for p in watermarks}
+    if to_time_ms is None:
+        return {p: EARLIEST for p in watermarks}
+    consumer = Consumer(kafka.client_config(**{"group.id": "promo_cli.rewind"}))
+    try:
+        found = consumer.offsets_for_times(
+            [TopicPartition(topic, p, to_time_ms) for p in watermarks], timeout=KAFKA_TIMEOUT_S
+        )
+    finally:
+        consumer.close()
+    # No message at or after the time in a partition: start at its end.
+    return {tp.partition: tp.offset if tp.offset >= 0 else LATEST for tp in found}
+
+
+def cmd_rewind(args: argparse.Namespace) -> int:
+    """move the input checkpoint (re-read, skip, or repair it)
+
+    Set the Spark checkpoint aside (kept next to it) and name where the next run starts
+    reading the input topic: its beginning, the first message at or after a time, or
+    given offsets. Refused while a run holds the pipeline lock. Re-read campaigns never
+    trigger twice: the ledger allows one trigger per campaign and client.
+
+    examples:
+    promo rewind --to-beginning
+    promo rewind --to-time 2026-11-26T09:00:00Z
+    promo rewind --to-offsets 0:10,1:10,2:6
+    """
+    settings = load_settings()
+    if args.to_offsets:
+        print(rewind(settings, to_offsets=_parse_offsets(args.to_offsets)))
+    elif args.to_time:
+        print(rewind(settings, to_time_ms=_parse_time(args.to_time)))
+    else:
+        print(rewind(settings))
+    return 0
+
+
+def dlq_replay(settings: Settings, reason: str | None = None) -> tuple[int, int]:
+    """Re-send the DLQ's messages (those of one reason code, or all) to the input topic, key
+    and value unchanged, without the promo.* headers; returns (re-sent, left out)."""
+    from promo_pipeline.resources import kafka_resource
+
+    kafka = kafka_resource(settings)
+    require_topic(settings, kafka.dlq_topic)
+    require_topic(settings, kafka.input_topic)
+    publisher = Publisher(kafka, kafka.input_topic, "re-send to")
+    sent = skipped = 0
+    for message in _dead_letters(kafka):
+        headers = message.headers() or []
+        code = dict(headers).get("promo.reject.code", b"").decode(errors="replace")
+        if reason is not None and code != reason:
+            skipped += 1
+            continue
+        kept = [(name, data) for name, data in headers if not name.startswith("promo.")]
+        publisher.publish(message.key(), message.value(), headers=kept)
+        sent += 1
+    publisher.flush()
+    return sent, skipped
+
+
+def _dead_letters(kafka: KafkaResource) -> Iterator[Any]:
+    """Each message in the DLQ up to its end as of now (what arrives meanwhile waits for the
+    next replay), one at a time, as a DLQ may hold many large messages; UserError if they
+    cannot all be read within READ_TIMEOUT_S."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from promo_pipeline.work import KAFKA_TIMEOUT_S
+
+    topic = kafka.dlq_topic
+    consumer = Consumer(
+        kafka.client_config(**{"group.id": "promo_cli.dlq_replay", "enable.auto.commit": False})
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_S).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S)
+            for p in partitions
+        }
+        left = {p for p, (low, high) in ends.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in ends.items()])
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while left and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None or message.error() is not None:
+                continue
+            if message.offset() >= ends[message.partition()][1] - 1:
+                left.discard(message.partition())
+            if message.offset() < ends[message.partition()][1]:
+                yield message
+        if left:
+            raise UserError(f"could not read {topic} to its end within {READ_TIMEOUT_S} s")
+    finally:
+        consumer.close()
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """re-send dead letters to the input topic
+
+    `replay` re-sends the DLQ's messages (all, or those of one reason code) to the input
+    topic with their key and value unchanged and without the promo.* headers, once their
+    cause is fixed (a cancelled campaign's original published, a producer fixed). The DLQ
+    keeps them; replaying twice sends twice (the ledger still allows one trigger).
+
+    examples:
+    promo dlq replay
+    promo dlq replay --reason end_not_after_start
+    """
+    settings = load_settings()
+    sent, skipped = dlq_replay(settings, args.reason)
+    which = f" with reason {args.reason}" if args.reason else ""
+    print(
+        f"re-sent {sent} dead letters{which} to {settings.promo_input_topic}"
+        + (f" ({skipped} with other reasons left out)" if skipped else "")
+    )
+    return 0
+
+
+def add_parser(commands: Any) -> None:
+    rewind_ = add_command(commands, "rewind", cmd_rewind)
+    target = rewind_.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-beginning", action="store_true", help="every partition's start")
+    target.add_argument("--to-time", metavar="T", help="epoch seconds or ISO time (UTC)")
+    target.add_argument("--to-offsets", metavar="P:O,...", help="offsets per partition")
+    dlq = add_command(commands, "dlq", cmd_dlq)
+    dlq.add_argument("action", choices=["replay"])
+    dlq.add_argument("--reason", metavar="CODE", help="only this promo.reject.code")
