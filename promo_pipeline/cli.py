@@ -179,9 +179,10 @@ def run_job() -> tuple[bool, str]:
     """Run the job once in this process; returns success and a one-screen summary."""
     from dagster import DagsterInstance
 
-    from promo_pipeline.definitions import defs
+    from promo_pipeline.definitions import defs as load_defs
 
     load_settings(export=True)
+    defs = load_defs()
     if os.environ.get("DAGSTER_HOME"):
         # Its storage retries a refused connection with a warning each time: one line instead.
         root = logging.getLogger()
@@ -616,9 +617,9 @@ def status_report(settings: Settings, now: int | None = None) -> tuple[dict[str,
     """The status as data (`promo status --json`) and as lines; one source for both."""
     import psycopg
 
-    from promo_pipeline.assets.campaigns import CampaignTally
     from promo_pipeline.checkpoint import input_position
     from promo_pipeline.db import conninfo
+    from promo_pipeline.defs.campaigns.assets import CampaignTally
     from promo_pipeline.resources import kafka_resource
 
     now = int(time.time()) if now is None else now
