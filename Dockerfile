@@ -13,6 +13,10 @@ WORKDIR /opt/promo
 COPY pyproject.toml README.md ./
 COPY promo_pipeline ./promo_pipeline
 RUN pip install --no-cache-dir ".[docker]"
+# promo_pipeline/definitions.py loads the defs folder with dg's loader, which reads [tool.dg] from
+# the pyproject.toml above the package: it goes next to the installed package, as the wheels of
+# create-dagster's project template ship it.
+RUN cp pyproject.toml "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/"
 
 FROM base AS jars
 RUN apt-get update \
@@ -31,6 +35,8 @@ COPY docker/dagster.yaml /opt/dagster/home/dagster.yaml
 COPY docker/workspace.yaml /opt/dagster/workspace.yaml
 # Fails the build if PROMO_SPARK_JARS names a jar the resolver did not produce.
 RUN python -c "from promo_pipeline.settings import load_settings; load_settings()"
+# Fails the build if the code location does not load from the installed package.
+RUN python -c "from promo_pipeline.definitions import defs; defs()"
 # The state and config mount points belong to `promo`, so new named volumes mounted there do
 # too; Dagster writes its local logs under DAGSTER_HOME.
 RUN groupadd --system --gid 10001 promo \
@@ -40,4 +46,4 @@ RUN groupadd --system --gid 10001 promo \
 USER 10001:10001
 WORKDIR /opt/dagster
 EXPOSE 4000 3000
-CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "promo_pipeline.definitions"]
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "promo_pipeline.definitions", "--location-name", "promo_pipeline"]

@@ -397,8 +397,9 @@ def child_promo() -> None:
     """One run of promo_job in this process, like the run the sensor launches."""
     from dagster import DagsterEventType, DagsterInstance
 
-    from promo_pipeline.definitions import defs
+    from promo_pipeline.definitions import defs as load_defs
 
+    defs = load_defs()
     instance = DagsterInstance.ephemeral()
     profile_to = os.environ.get("PROMO_BENCH_PROFILE")
     profiler = cProfile.Profile() if profile_to else None

@@ -206,7 +206,7 @@ def test_dagster_instance_is_production_ready(monkeypatch: pytest.MonkeyPatch) -
     coordinator = config["run_coordinator"]
     assert coordinator["class"] == "QueuedRunCoordinator"
     assert {"key": "promo/pipeline", "limit": 1} in coordinator["config"]["tag_concurrency_limits"]
-    from promo_pipeline.jobs import promo_job
+    from promo_pipeline.defs.jobs import promo_job
 
     assert promo_job.tags["promo/pipeline"]
     # A retry re-runs the failed step on, as often as dagster.yaml says; a hung run is bounded.

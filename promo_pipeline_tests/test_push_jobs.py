@@ -1,6 +1,6 @@
 """How the Kafka sink plans its Spark jobs over the outbox slices: a pure function."""
 
-from promo_pipeline.assets.sinks import push_jobs
+from promo_pipeline.defs.sinks.assets import push_jobs
 
 
 def test_many_small_slices_share_tasks_and_jobs_stay_near_the_row_budget() -> None:

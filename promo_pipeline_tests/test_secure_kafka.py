@@ -158,8 +158,9 @@ def test_pipeline_end_to_end_over_sasl_ssl_scram(
     password = secure_kafka.password
     assert password not in run.stdout + run.stderr
     assert password not in stored_dagster_text(the_run_id())
-    from promo_pipeline.definitions import defs
+    from promo_pipeline.definitions import defs as load_defs
 
+    defs = load_defs()
     snapshot = serialize_value(RepositorySnap.from_def(defs.get_repository_def()))
     assert "KAFKA_SASL_PASSWORD" in snapshot
     assert password not in snapshot

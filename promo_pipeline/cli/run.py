@@ -18,9 +18,10 @@ from promo_pipeline.settings import Settings, load_settings
 
 def run_job() -> tuple[bool, str]:
     """Run the job once in this process; returns success and a one-screen summary."""
-    from promo_pipeline.definitions import defs
+    from promo_pipeline.definitions import defs as load_defs
 
     load_settings(export=True)
+    defs = load_defs()
     instance = _instance()
     started = time.monotonic()
     # INFO on the console: the step-by-step DEBUG events stay in the run's event log.

@@ -17,8 +17,8 @@ from dagster import (
     asset_check,
 )
 
-from promo_pipeline.assets.campaigns import CampaignTally, campaign_batch
-from promo_pipeline.assets.sinks import feedback_sink, push_sink
+from promo_pipeline.defs.campaigns.assets import CampaignTally, campaign_batch
+from promo_pipeline.defs.sinks.assets import feedback_sink, push_sink
 from promo_pipeline.resources import PostgresResource
 from promo_pipeline.settings import load_settings
 
@@ -174,11 +174,3 @@ def no_input_lost_before_read(context: AssetCheckExecutionContext) -> AssetCheck
         else "no input offsets lost",
         metadata={"lost_offsets": lost, "lost_ranges": MetadataValue.json(ranges)},
     )
-
-
-ALL_CHECKS = [
-    one_trigger_per_campaign_and_client,
-    triggers_in_both_sinks,
-    rejected_share_below_threshold,
-    no_input_lost_before_read,
-]

@@ -15,7 +15,7 @@ from dagster import (
     sensor,
 )
 
-from promo_pipeline.jobs import promo_job
+from promo_pipeline.defs.jobs import promo_job
 from promo_pipeline.resources import (
     KafkaResource,
     PipelineLockResource,

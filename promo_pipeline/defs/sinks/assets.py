@@ -12,7 +12,7 @@ import time
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from promo_pipeline.assets.triggers import triggers
+from promo_pipeline.defs.triggers.assets import triggers
 from promo_pipeline.fanout import (
     OUTBOX_MESSAGES,
     full_fanout_slices,

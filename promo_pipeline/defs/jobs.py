@@ -2,8 +2,6 @@
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
-from promo_pipeline.assets import ALL_ASSETS
-
 # The longest a run may take before run monitoring cancels it and marks it failed: a bound for a
 # hung run that still holds the pipeline lock.
 MAX_RUNTIME_S = 3600
@@ -12,7 +10,7 @@ MAX_RUNTIME_S = 3600
 # memory (each reads Postgres or the checkpoint), so any of them can be materialized alone.
 promo_job = define_asset_job(
     "promo_job",
-    selection=AssetSelection.assets(*ALL_ASSETS),
+    selection=AssetSelection.groups("promo"),
     executor_def=in_process_executor,
     tags={
         # The run queue's limit of 1 on this tag (dagster.yaml) keeps runs from overlapping.
