@@ -34,6 +34,8 @@ class Service(ABC):
     ready_interval: float = 0.2
     #: Errors a readiness probe raises while the server is still booting (not a failure yet).
     not_ready_errors: tuple[type[Exception], ...] = (OSError,)
+    #: URL scheme of the clients' address ("sc" for Spark Connect); None: plain host:port.
+    scheme: str | None = None
 
     def __init__(self, dir: Path, port: int, log_file: str) -> None:
         #: Everything the service writes lives under this folder.
@@ -45,8 +47,9 @@ class Service(ABC):
 
     @property
     def address(self) -> str:
-        """Where clients reach the service, for log lines."""
-        return f"127.0.0.1:{self.port}"
+        """Where clients reach the service: host:port, or a URL if the service has a scheme."""
+        host = f"127.0.0.1:{self.port}"
+        return f"{self.scheme}://{host}" if self.scheme else host
 
     @abstractmethod
     def pid(self) -> int | None:

@@ -54,6 +54,7 @@ class SparkConnectServer(ProcessService):
     """
 
     name = "spark connect server"
+    scheme = "sc"
     start_timeout = 120.0
     ready_interval = 0.5
     # Relative paths the server is given resolve as they do for whoever started it.
@@ -76,11 +77,7 @@ class SparkConnectServer(ProcessService):
 
     @property
     def url(self) -> str:
-        return f"sc://127.0.0.1:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return self.url
+        return self.address
 
     def _marker(self) -> str:
         return f"spark.connect.grpc.binding.port={self.port}"

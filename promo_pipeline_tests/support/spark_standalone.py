@@ -50,6 +50,7 @@ class SparkStandalone(Service):
     """
 
     name = "spark standalone"
+    scheme = "spark"
     start_timeout = 90.0
     ready_interval = 0.5
 
@@ -75,11 +76,7 @@ class SparkStandalone(Service):
 
     @property
     def url(self) -> str:
-        return f"spark://127.0.0.1:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return self.url
+        return self.address
 
     def worker_dir(self, index: int) -> Path:
         return self.dir / f"worker-{index}"
