@@ -38,6 +38,7 @@ from promo_pipeline.resources import kafka_resource  # noqa: E402
 from promo_pipeline.settings import Settings  # noqa: E402
 from promo_pipeline.stack import LocalStack  # noqa: E402
 from promo_pipeline.topics import ensure_topics, produce_all  # noqa: E402
+from promo_pipeline_tests.support.stack import destroy  # noqa: E402
 
 SUBSCRIBERS_PER_RESTAURANT = 10
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -284,7 +285,7 @@ def main() -> int:
         return 1 if problems else 0
     finally:
         if args.stack_dir is None:
-            stack.destroy()
+            destroy(stack)
 
 
 if __name__ == "__main__":

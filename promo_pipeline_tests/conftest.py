@@ -22,6 +22,7 @@ from promo_pipeline.resources import kafka_resource
 from promo_pipeline.settings import Settings, load_settings
 from promo_pipeline.stack import LocalStack
 from promo_pipeline.topics import ensure_topics
+from promo_pipeline_tests.support.stack import destroy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         env = stack.up()
         yield {**env, "PROMO_STACK_DIR": str(stack.dir)}
     finally:
-        stack.destroy()
+        destroy(stack)
 
 
 def read_topic(settings: Settings, topic: str, timeout: float = 10.0) -> list[Any]:

@@ -27,6 +27,7 @@ from promo_pipeline_tests.faults import (
     poll,
     wait_topics_ready,
 )
+from promo_pipeline_tests.support.stack import destroy
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 
@@ -143,7 +144,7 @@ def fault_stack() -> Iterator[LocalStack]:
         stack.up()
         yield stack
     finally:
-        stack.destroy()
+        destroy(stack)
 
 
 @pytest.fixture(scope="module", autouse=True)

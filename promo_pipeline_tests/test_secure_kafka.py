@@ -30,10 +30,14 @@ from promo_pipeline.resources import kafka_resource, postgres_resource, state_re
 from promo_pipeline.settings import Settings, load_settings
 from promo_pipeline.stack import maven
 from promo_pipeline.stack._proc import pick_free_ports
-from promo_pipeline.stack.secure import MECHANISM, SecureKafkaBroker, make_certificates
 from promo_pipeline.topics import ensure_topics
 from promo_pipeline.work import find_work
 from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid, read_topic
+from promo_pipeline_tests.support.secure_kafka import (
+    MECHANISM,
+    SecureKafkaBroker,
+    make_certificates,
+)
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from promo_pipeline.stack import LocalStack
 from promo_pipeline.stack._proc import wait_until
 from promo_pipeline_tests.conftest import campaign
+from promo_pipeline_tests.support.stack import destroy
 
 pytestmark = pytest.mark.stack
 
@@ -49,7 +50,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     try:
         yield s
     finally:
-        s.destroy()
+        destroy(s)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,7 @@ def test_second_stack_gets_other_ports(
         with _connect(other_env) as conn:
             conn.execute("SELECT 1")
     finally:
-        other.destroy()
+        destroy(other)
     assert not other.dir.exists()
 
 

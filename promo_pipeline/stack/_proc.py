@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from promo_pipeline.stack.errors import NoFreePorts, ToolMissing
 
 
 def pid_alive(pid: int | None, marker: str) -> bool:
@@ -62,7 +65,7 @@ def pick_free_ports(count: int) -> list[int]:
             picked.append(port)
             if len(picked) == count:
                 return picked
-    raise RuntimeError(f"no {count} free ports in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
+    raise NoFreePorts(count, PORT_RANGE)
 
 
 def port_is_free(port: int) -> bool:
@@ -99,8 +102,16 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.2)
         time.sleep(interval)
 
 
-def ensure_dir(path: Path, mode: int = 0o755) -> Path:
-    """mkdir -p with a mode, returning the path."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, mode)
-    return path
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def require_tool(tool: str, package: str) -> str:
+    """The path of `tool` on PATH, or ToolMissing naming the apt package that provides it."""
+    found = shutil.which(tool)
+    if found is None:
+        raise ToolMissing(tool, f"install it with: apt-get install -y {package}")
+    return found

@@ -8,63 +8,77 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
-import shutil
-import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from promo_pipeline.stack._proc import pid_alive, read_pid, tail, wait_until
+from promo_pipeline.stack._proc import require_tool, tail
+from promo_pipeline.stack.errors import CommandFailed
+from promo_pipeline.stack.service import ProcessService
 
 log = logging.getLogger("promo_pipeline.stack")
 
 MAIN_CLASS = "kafka.Kafka"
 
 
-class KafkaBroker:
+class KafkaBroker(ProcessService):
     """A broker whose config, data, logs and pid file all live under `dir`."""
 
+    name = "kafka"
+    # KafkaException while the broker is still booting.
+    not_ready_errors = (Exception,)
+
     def __init__(self, dir: Path, jars_dir: Path, port: int, controller_port: int) -> None:
-        self.dir = dir.absolute()
+        super().__init__(dir, port, "server.log", pid_file="kafka.pid", output_file="stdout.log")
         self.jars_dir = jars_dir
-        self.port = port
         self.controller_port = controller_port
         self.config = self.dir / "server.properties"
         self.log4j_config = self.dir / "log4j2.properties"
         self.data_dir = self.dir / "data"
-        self.server_log = self.dir / "server.log"
-        self.stdout_log = self.dir / "stdout.log"
-        self.pid_file = self.dir / "kafka.pid"
+        self._probe: AdminClient | None = None
+
+    @property
+    def server_log(self) -> Path:
+        return self.log_file
+
+    @property
+    def stdout_log(self) -> Path:
+        return self.output_file
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.address
 
-    def pid(self) -> int | None:
-        return read_pid(self.pid_file)
-
-    def is_running(self) -> bool:
-        """The recorded pid is alive and is our broker (its command line names our config)."""
-        _reap()
-        return pid_alive(self.pid(), str(self.config))
+    def _marker(self) -> str:
+        """Our broker's command line names our config file."""
+        return str(self.config)
 
     def _classpath(self) -> str:
         return f"{self.jars_dir}/*"
 
     @staticmethod
     def _java() -> str:
-        java = shutil.which("java")
-        if java is None:
-            raise RuntimeError(
-                "java not found on PATH; install it with: "
-                "apt-get install -y openjdk-17-jre-headless"
-            )
-        return java
+        return require_tool("java", "openjdk-17-jre-headless")
+
+    def _prepare(self) -> None:
+        self._write_config()
+        self._format_once()
+
+    def _command(self) -> list[str]:
+        return [
+            self._java(),
+            "-Xms256m",
+            "-Xmx512m",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.log4j_config}",
+            "-cp",
+            self._classpath(),
+            MAIN_CLASS,
+            str(self.config),
+        ]
 
     def _write_config(self) -> None:
         props = {
@@ -121,97 +135,41 @@ class KafkaBroker:
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"kafka storage format failed:\n{proc.stdout}{proc.stderr}")
+            raise CommandFailed(
+                "kafka storage format", f"kafka storage format failed:\n{proc.stdout}{proc.stderr}"
+            )
         log.info("formatted kafka storage in %s (cluster id %s)", self.data_dir, cluster_id)
 
     def _format_args(self) -> list[str]:
         """Extra arguments for `StorageTool format` (a secured broker adds its users)."""
         return []
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start the broker detached from this process and wait until it serves metadata."""
-        if self.is_running():
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        self._format_once()
-        cmd = [
-            self._java(),
-            "-Xms256m",
-            "-Xmx512m",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.log4j_config}",
-            "-cp",
-            self._classpath(),
-            MAIN_CLASS,
-            str(self.config),
-        ]
-        with open(self.stdout_log, "ab") as out:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                start_new_session=True,
-            )
-        _children[proc.pid] = proc
-        self.pid_file.write_text(f"{proc.pid}\n")
-        log.info("kafka starting on %s (pid %d, log %s)", self.bootstrap, proc.pid, self.server_log)
-        self._wait_ready(timeout)
-
     def _admin_config(self) -> dict[str, Any]:
         """How the readiness probe connects; a secured broker adds its credentials."""
         return {"bootstrap.servers": self.bootstrap}
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_until_ready(self, timeout: float) -> None:
         quiet = logging.getLogger("promo_pipeline.stack.librdkafka")
         quiet.setLevel(logging.CRITICAL)
-        admin = AdminClient(self._admin_config() | {"logger": quiet})
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            # Our own child's exit status decides "died", not a /proc read that can miss under load.
-            proc = _children.get(self.pid() or -1)
-            exited = proc.poll() is not None if proc is not None else not self.is_running()
-            if exited:
-                raise RuntimeError(
-                    f"kafka exited during startup; last log lines:\n{tail(self.server_log)}\n"
-                    f"{tail(self.stdout_log, 10)}"
-                )
-            try:
-                if admin.list_topics(timeout=2).brokers:
-                    log.info("kafka ready on %s", self.bootstrap)
-                    return
-            except Exception as exc:  # KafkaException while the broker is still booting
-                last_error = exc
-            time.sleep(0.2)
-        raise RuntimeError(
+        self._probe = AdminClient(self._admin_config() | {"logger": quiet})
+        try:
+            super().wait_until_ready(timeout)
+        finally:
+            self._probe = None
+
+    def _ready(self) -> bool:
+        """The broker serves metadata."""
+        assert self._probe is not None
+        return bool(self._probe.list_topics(timeout=2).brokers)
+
+    def _exited_message(self, returncode: int | None) -> str:
+        return (
+            f"kafka exited during startup; last log lines:\n{tail(self.server_log)}\n"
+            f"{tail(self.stdout_log, 10)}"
+        )
+
+    def _not_ready_message(self, timeout: float, last_error: Exception | None) -> str:
+        return (
             f"kafka on {self.bootstrap} not ready after {timeout:.0f}s ({last_error}); "
             f"last log lines:\n{tail(self.server_log)}"
         )
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM for a clean controlled shutdown, SIGKILL if it does not finish in time."""
-        pid = self.pid()
-        if not self.is_running() or pid is None:
-            return
-        log.info("stopping kafka (pid %d)", pid)
-        os.kill(pid, signal.SIGTERM)
-        if not wait_until(lambda: not self.is_running(), timeout):
-            log.warning("kafka did not stop in %.0fs, killing pid %d", timeout, pid)
-            os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: not self.is_running(), 10)
-        self.pid_file.unlink(missing_ok=True)
-
-
-# Brokers started by this process; kept so exited ones are reaped instead of lingering as
-# zombies (a zombie still answers kill(pid, 0)) and Popen does not warn on garbage collection.
-_children: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _reap() -> None:
-    """Collect exit statuses of our finished brokers."""
-    for pid, proc in list(_children.items()):
-        if proc.poll() is not None:
-            del _children[pid]

@@ -66,7 +66,7 @@ class LocalStack:
     def _load_config(self) -> dict:
         if self.config_file.exists():
             config = json.loads(self.config_file.read_text())
-            if "spark_connect_port" not in config:  # a stack made before the Connect server
+            if "spark_connect_port" not in config:  # a stack.json without the Connect ports
                 config["spark_connect_port"], config["spark_ui_port"] = pick_free_ports(2)
                 self._save_config(config)
             return config
@@ -256,10 +256,3 @@ class LocalStack:
     def spark_connect(self) -> SparkConnectServer:
         """The Spark Connect server object (for is_running()/pid() in tools and tests)."""
         return self._spark_connect(self._load_config())
-
-    def destroy(self) -> None:
-        """down() and delete the dir with all data; meant for tests."""
-        try:
-            self.down()
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+from promo_pipeline.stack._proc import require_tool
+from promo_pipeline.stack.errors import CommandFailed
 
 log = logging.getLogger("promo_pipeline.stack")
 
@@ -76,9 +78,7 @@ def resolve(coords: list[str], dest: Path, *, transitive: bool) -> list[Path]:
     marker = dest / MARKER
     if marker.is_file() and marker.read_text() == marker_text:
         return _jars(dest)
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise RuntimeError("mvn not found on PATH; install it with: apt-get install -y maven")
+    mvn = require_tool("mvn", "maven")
     dest.parent.mkdir(parents=True, exist_ok=True)
     log.info("resolving %d Maven coordinate(s) into %s", len(coords), dest)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}-", dir=dest.parent) as tmp:
@@ -100,7 +100,9 @@ def resolve(coords: list[str], dest: Path, *, transitive: bool) -> list[Path]:
         proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-            raise RuntimeError(f"mvn failed (exit {proc.returncode}) resolving {coords}:\n{tail}")
+            raise CommandFailed(
+                "mvn", f"mvn failed (exit {proc.returncode}) resolving {coords}:\n{tail}"
+            )
         out.mkdir(exist_ok=True)
         (out / MARKER).write_text(marker_text)
         if dest.exists():

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import psycopg
 
-from promo_pipeline.stack._proc import pid_alive, read_pid, tail, wait_until
+from promo_pipeline.stack._proc import pid_alive, read_pid, tail
+from promo_pipeline.stack.errors import (
+    CommandFailed,
+    ServiceFailedToStart,
+    StackError,
+    ToolMissing,
+)
+from promo_pipeline.stack.service import Service
 
 log = logging.getLogger("promo_pipeline.stack")
 
@@ -33,9 +40,11 @@ def runuser() -> str:
     """runuser lives in /usr/sbin, which cron's PATH (/usr/bin:/bin) leaves out."""
     found = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
     if found is None:
-        raise RuntimeError(
-            "runuser not found on PATH, /usr/sbin or /sbin (it starts Postgres as user "
-            f"{OS_USER} when run as root); install util-linux"
+        raise ToolMissing(
+            "runuser",
+            "install util-linux",
+            where="on PATH, /usr/sbin or /sbin (it starts Postgres as user "
+            f"{OS_USER} when run as root)",
         )
     return found
 
@@ -53,8 +62,10 @@ def bin_dir() -> Path:
     if found:
         return found
     if not _is_root():
-        raise RuntimeError(
-            f"PostgreSQL server binaries not found under {PG_ROOT}; run: sudo sh -c '{APT_INSTALL}'"
+        raise ToolMissing(
+            "PostgreSQL server binaries",
+            f"run: sudo sh -c '{APT_INSTALL}'",
+            where=f"under {PG_ROOT}",
         )
     log.info("installing PostgreSQL server with apt-get (one time)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -64,11 +75,13 @@ def bin_dir() -> Path:
     ):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr}")
+            raise CommandFailed(
+                " ".join(cmd), f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr}"
+            )
     _stop_system_clusters()
     found = _find_bin_dir()
     if not found:
-        raise RuntimeError(f"apt installed postgresql but no initdb under {PG_ROOT}")
+        raise StackError(f"apt installed postgresql but no initdb under {PG_ROOT}")
     return found
 
 
@@ -97,18 +110,26 @@ def _make_traversable(path: Path) -> None:
             os.chmod(parent, (mode & 0o7777) | 0o001)
 
 
-class PostgresCluster:
-    """A cluster whose data, socket, log and settings all live under `dir`."""
+class PostgresCluster(Service):
+    """A cluster whose data, socket, log and settings all live under `dir`.
+
+    pg_ctl does the process handling (its `-w` waits for the server), so the readiness probe
+    is a password login over TCP, the way the pipeline connects.
+    """
+
+    name = "postgres"
+    # pg_ctl's own default wait for a shutdown.
+    stop_timeout = 60.0
+    ready_interval = 0.3
+    not_ready_errors = (psycopg.OperationalError,)
 
     def __init__(self, dir: Path, port: int, user: str, password: str, database: str) -> None:
-        self.dir = dir.absolute()
-        self.port = port
+        super().__init__(dir, port, "postgres.log")
         self.user = user
         self.password = password
         self.database = database
         self.data_dir = self.dir / "data"
         self.run_dir = self.dir / "run"
-        self.log_file = self.dir / "postgres.log"
 
     def _as_server_user(self, cmd: list[str]) -> list[str]:
         return [runuser(), "-u", OS_USER, "--", *cmd] if _is_root() else cmd
@@ -118,9 +139,10 @@ class PostgresCluster:
             self._as_server_user(cmd), capture_output=True, text=True, cwd=self.dir
         )
         if proc.returncode != 0:
-            raise RuntimeError(
+            raise CommandFailed(
+                what,
                 f"{what} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}\n"
-                f"{tail(self.log_file, 20)}"
+                f"{tail(self.log_file, 20)}",
             )
 
     def pid(self) -> int | None:
@@ -190,31 +212,18 @@ class PostgresCluster:
             info = pwd.getpwnam(OS_USER)
             os.chown(self.data_dir / "promo_stack.conf", info.pw_uid, info.pw_gid)
 
-    def start(self, timeout: float = 60.0) -> None:
-        """initdb on first use, start the server, create the database, wait for password login."""
-        if self.is_running():
-            return
+    def _launch(self, timeout: float) -> None:
+        """initdb on first use, then start the server with pg_ctl."""
         bins = bin_dir()
         self._prepare_dir()
         self._initdb_once(bins)
         self._write_settings()
         log.info("postgres starting on 127.0.0.1:%d (log %s)", self.port, self.log_file)
-        self._run(
-            [
-                str(bins / "pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.log_file),
-                "-t",
-                str(int(timeout)),
-                "-w",
-                "start",
-            ],
-            "pg_ctl start",
-        )
-        self._ensure_database(timeout)
-        log.info("postgres ready on 127.0.0.1:%d (pid %s)", self.port, self.pid())
+        pg_ctl = [str(bins / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file)]
+        try:
+            self._run([*pg_ctl, "-t", str(int(timeout)), "-w", "start"], "pg_ctl start")
+        except CommandFailed as error:
+            raise ServiceFailedToStart(self.name, self.log_file, str(error)) from None
 
     def connect(self, dbname: str | None = None) -> psycopg.Connection:
         """A password-authenticated TCP connection, the way the pipeline itself connects."""
@@ -227,37 +236,29 @@ class PostgresCluster:
             connect_timeout=5,
         )
 
-    def _ensure_database(self, timeout: float) -> None:
-        last: list[Exception] = []
+    def _ready(self) -> bool:
+        """Our database exists (created on first start) and takes a password login."""
+        with self.connect("postgres") as conn:
+            conn.autocommit = True
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{self.database}"')
+                log.info("created database %s", self.database)
+        with self.connect():
+            return True
 
-        def attempt() -> bool:
-            try:
-                with self.connect("postgres") as conn:
-                    conn.autocommit = True
-                    exists = conn.execute(
-                        "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
-                    ).fetchone()
-                    if not exists:
-                        conn.execute(f'CREATE DATABASE "{self.database}"')
-                        log.info("created database %s", self.database)
-                with self.connect():
-                    return True
-            except psycopg.OperationalError as exc:
-                last[:] = [exc]
-                return False
-
-        if not wait_until(attempt, timeout, interval=0.3):
-            raise RuntimeError(
-                f"postgres on 127.0.0.1:{self.port} not accepting logins: {last}\n"
-                f"{tail(self.log_file)}"
-            )
-
-    def stop(self) -> None:
-        """Fast shutdown (aborts open sessions, checkpoints); no-op if already stopped."""
-        if not self.is_running():
-            return
-        log.info("stopping postgres (pid %s)", self.pid())
-        self._run(
-            [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
-            "pg_ctl stop",
+    def _not_ready_message(self, timeout: float, last_error: Exception | None) -> str:
+        return (
+            f"postgres on 127.0.0.1:{self.port} not accepting logins: {last_error}\n"
+            f"{tail(self.log_file)}"
         )
+
+    def _terminate(self, timeout: float) -> None:
+        """Fast shutdown: aborts open sessions, checkpoints."""
+        self._run(
+            [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-t",
+             str(int(timeout)), "-w", "stop"],
+            "pg_ctl stop",
+        )  # fmt: skip

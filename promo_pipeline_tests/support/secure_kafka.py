@@ -7,28 +7,24 @@ so there is no window in which the broker runs without them.
 
 from __future__ import annotations
 
-import logging
 import secrets
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from promo_pipeline.stack._proc import require_tool
+from promo_pipeline.stack.errors import CommandFailed
 from promo_pipeline.stack.kafka import KafkaBroker
-
-log = logging.getLogger("promo_pipeline.stack")
 
 MECHANISM = "SCRAM-SHA-512"
 ADMIN_USER = "broker-admin"
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise RuntimeError("openssl not found on PATH; install it with: apt-get install -y openssl")
+    openssl = require_tool("openssl", "openssl")
     proc = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"openssl {args[0]} failed:\n{proc.stderr}")
+        raise CommandFailed(f"openssl {args[0]}", f"openssl {args[0]} failed:\n{proc.stderr}")
 
 
 def make_certificates(dir: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Path:
