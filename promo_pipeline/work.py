@@ -62,10 +62,11 @@ def topic_watermarks(kafka: KafkaResource, topic: str) -> dict[int, tuple[int, i
 
 @dataclass
 class Work:
-    """What a run would do now, and why; empty `reasons` means skip."""
+    """Why a run would start now (`reasons`; none: skip) and why parts of it have nothing
+    to do (`skip_reasons`, the sensor's skip message)."""
 
     reasons: list[str] = field(default_factory=list)
-    idle: list[str] = field(default_factory=list)
+    skip_reasons: list[str] = field(default_factory=list)
     lag: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -85,7 +86,7 @@ def find_work(
         position = input_position(kafka, conn, checkpoint_dir)
         if position.corrupt:
             # A run would fail on it every time: say why instead of launching one.
-            work.idle.append(f"not launching: {position.corrupt}")
+            work.skip_reasons.append(f"not launching: {position.corrupt}")
             return work
         work.lag = position.lag
         new = sum(work.lag.values())
@@ -100,7 +101,9 @@ def find_work(
             busy = {p: n for p, n in work.lag.items() if n}
             work.reasons.append(f"{new} new campaign messages (lag per partition {busy})")
         else:
-            work.idle.append(f"no new campaign messages ({len(work.lag)} partitions caught up)")
+            work.skip_reasons.append(
+                f"no new campaign messages ({len(work.lag)} partitions caught up)"
+            )
         now = db_now(conn) if now is None else now
         unsent = conn.execute("SELECT coalesce(sum(triggers), 0)::int8 FROM promo.trigger_outbox")
         unsent = unsent.fetchone()[0]
@@ -118,11 +121,11 @@ def find_work(
         if subscribed:
             work.reasons.append(f"new subscribers of active campaigns: {', '.join(subscribed)}")
         if not (fan_out or subscribed):
-            work.idle.append("no active campaign has an untriggered subscriber")
+            work.skip_reasons.append("no active campaign has an untriggered subscriber")
         next_due = conn.execute(NEXT_DUE, {"now": now}).fetchone()[0]
     if next_due is not None:
         when = format_epoch(next_due)
         minutes = max(0, next_due - now) // 60
         span = f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes} min"
-        work.idle.append(f"next held campaign due at {when} (in {span})")
+        work.skip_reasons.append(f"next held campaign due at {when} (in {span})")
     return work
