@@ -17,7 +17,7 @@ from dagster import ConfigurableResource, EnvVar, Failure, InitResourceContext
 from dagster_pyspark import LazyPySparkResource
 from pydantic import PrivateAttr
 
-from promo_pipeline.settings import Settings, split_list
+from promo_pipeline.settings import Settings, checkpoint_dir, split_list
 
 
 class PostgresResource(ConfigurableResource):
@@ -298,7 +298,7 @@ class StateResource(ConfigurableResource):
 
     @property
     def checkpoint_dir(self) -> str:
-        return f"{self.state_dir.rstrip('/')}/checkpoints/campaigns"
+        return str(checkpoint_dir(self.state_dir))
 
 
 SPARK_PACKAGES = "org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0,org.postgresql:postgresql:42.7.8"

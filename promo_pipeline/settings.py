@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         return {name.upper(): str(value) for name, value in self.model_dump().items()}
 
 
+def checkpoint_dir(state_dir: str | Path) -> Path:
+    """Spark's checkpoint of the campaign stream, inside the state dir."""
+    return Path(state_dir, "checkpoints", "campaigns")
+
+
 def split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, TopicPartition
 
 from promo_pipeline.checkpoint import input_position
-from promo_pipeline.fanout import NEW_FROM, active_at, db_now
+from promo_pipeline.fanout import NEW_FROM, active_at, db_now, unsent_triggers
 from promo_pipeline.resources import KafkaResource, PostgresResource
 from promo_pipeline.schema import format_epoch
+from promo_pipeline.topics import KAFKA_TIMEOUT_S
 
-KAFKA_TIMEOUT_S = 10.0
 POSTGRES_TIMEOUT_MS = 20_000
 
 # Both cost what is new, not what exists: the campaigns whose full fan-out is due (a few rows of
@@ -89,7 +89,7 @@ def find_work(
             work.skip_reasons.append(f"not launching: {position.corrupt}")
             return work
         work.lag = position.lag
-        new = sum(work.lag.values())
+        new = position.waiting
         if position.recreated_from:
             work.reasons.append(
                 f"input topic {position.topic} was recreated (topic id {position.topic_id}, was "
@@ -105,8 +105,7 @@ def find_work(
                 f"no new campaign messages ({len(work.lag)} partitions caught up)"
             )
         now = db_now(conn) if now is None else now
-        unsent = conn.execute("SELECT coalesce(sum(triggers), 0)::int8 FROM promo.trigger_outbox")
-        unsent = unsent.fetchone()[0]
+        unsent = unsent_triggers(conn)
         if unsent:
             work.reasons.append(f"{unsent} triggers committed to Postgres await Kafka delivery")
         fan_out = [row[0] for row in conn.execute(FAN_OUT_DUE, {"now": now})]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from promo_pipeline.resources import kafka_resource, postgres_resource
+from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline.work import find_work
 from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
 from promo_pipeline_tests.faults import ChildRun, check_recovered
@@ -56,7 +57,7 @@ def test_run_after_one_new_subscription_reads_only_it(pipeline: Pipeline) -> Non
     pipeline.run_ok()
     kafka = kafka_resource(pipeline.settings)
     postgres = postgres_resource(pipeline.settings)
-    checkpoint = str(pipeline.settings.promo_state_dir / "checkpoints" / "campaigns")
+    checkpoint = str(checkpoint_dir(pipeline.settings.promo_state_dir))
     assert not find_work(kafka, postgres, checkpoint).due
 
     # A subscription to a restaurant with no campaign is no work; one to the campaign's is.
