@@ -168,6 +168,12 @@ class PipelineLockResource(ConfigurableResource):
 
     The lock belongs to a database session, so a killed run releases it when its connection
     drops: there is no stale lock to clean up.
+
+    Holding it is all an asset asks of it: each asset declares a `pipeline_lock` parameter and
+    never reads it. Declaring it makes Dagster set the resource up (take the lock, or fail the
+    run) before the run's first step and tear it down after its last; the in-process executor
+    sets resources up once per run. (`required_resource_keys` would say the same, but Dagster
+    refuses it next to resource parameters.)
     """
 
     postgres: PostgresResource

@@ -294,7 +294,7 @@ def campaign_windows(conninfo: str, ranges: dict[int, tuple[int, int]]) -> tuple
 )
 def campaign_batch(
     context: AssetExecutionContext,
-    pipeline_lock: PipelineLockResource,
+    pipeline_lock: PipelineLockResource,  # never read: declared to hold the run's lock
     spark: SparkResource,
     kafka: KafkaResource,
     postgres: PostgresResource,

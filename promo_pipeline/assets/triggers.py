@@ -19,7 +19,7 @@ from promo_pipeline.resources import PipelineLockResource, PostgresResource
 )
 def triggers(
     context: AssetExecutionContext,
-    pipeline_lock: PipelineLockResource,
+    pipeline_lock: PipelineLockResource,  # never read: declared to hold the run's lock
     postgres: PostgresResource,
 ) -> MaterializeResult:
     with postgres.connect(autocommit=True) as conn:
