@@ -294,7 +294,8 @@ def campaign_windows(conninfo: str, ranges: dict[int, tuple[int, int]]) -> tuple
 )
 def campaign_batch(
     context: AssetExecutionContext,
-    pipeline_lock: PipelineLockResource,  # never read: declared to hold the run's lock
+    # Never read: declaring it holds the run's lock (see PipelineLockResource).
+    pipeline_lock: PipelineLockResource,
     spark: SparkResource,
     kafka: KafkaResource,
     postgres: PostgresResource,

@@ -58,7 +58,8 @@ PUSH_TASKS = 4
 )
 def feedback_sink(
     context: AssetExecutionContext,
-    pipeline_lock: PipelineLockResource,  # never read: declared to hold the run's lock
+    # Never read: declaring it holds the run's lock (see PipelineLockResource).
+    pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
     state: StateResource,
 ) -> MaterializeResult:
@@ -136,7 +137,8 @@ def push_jobs(
 )
 def push_sink(
     context: AssetExecutionContext,
-    pipeline_lock: PipelineLockResource,  # never read: declared to hold the run's lock
+    # Never read: declaring it holds the run's lock (see PipelineLockResource).
+    pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
     kafka: KafkaResource,
     spark: SparkResource,

@@ -19,7 +19,8 @@ from promo_pipeline.resources import PipelineLockResource, PostgresResource
 )
 def triggers(
     context: AssetExecutionContext,
-    pipeline_lock: PipelineLockResource,  # never read: declared to hold the run's lock
+    # Never read: declaring it holds the run's lock (see PipelineLockResource).
+    pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
 ) -> MaterializeResult:
     with postgres.connect(autocommit=True) as conn:
