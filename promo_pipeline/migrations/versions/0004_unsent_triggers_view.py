@@ -13,9 +13,21 @@ branch_labels = None
 depends_on = None
 
 
+# Renames view `old` to `new`; where `new` already exists (a database adopted by `promo db
+# upgrade` after its version table was lost, where 0002 made `old` again) `old` is dropped.
+RENAME_VIEW = """DO $$
+BEGIN
+    IF to_regclass('promo.{new}') IS NULL THEN
+        ALTER VIEW IF EXISTS promo.{old} RENAME TO {new};
+    ELSE
+        DROP VIEW IF EXISTS promo.{old};
+    END IF;
+END $$"""
+
+
 def upgrade() -> None:
-    op.execute("ALTER VIEW IF EXISTS promo.kafka_outbox RENAME TO unsent_triggers")
+    op.execute(RENAME_VIEW.format(old="kafka_outbox", new="unsent_triggers"))
 
 
 def downgrade() -> None:
-    op.execute("ALTER VIEW IF EXISTS promo.unsent_triggers RENAME TO kafka_outbox")
+    op.execute(RENAME_VIEW.format(old="unsent_triggers", new="kafka_outbox"))
