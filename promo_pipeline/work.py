@@ -62,8 +62,8 @@ def topic_watermarks(kafka: KafkaResource, topic: str) -> dict[int, tuple[int, i
 
 @dataclass
 class Work:
-    """Why a run would start now (`reasons`; none: skip) and why parts of it have nothing
-    to do (`skip_reasons`, the sensor's skip message)."""
+    """What a run would do now: `reasons` to start one (none: skip), and `skip_reasons` for
+    the sensor's skip message (each check that found nothing, when a held campaign is due)."""
 
     reasons: list[str] = field(default_factory=list)
     skip_reasons: list[str] = field(default_factory=list)
