@@ -27,6 +27,7 @@ import benchmark as bm
 
 from promo_pipeline.db import conninfo, init_db
 from promo_pipeline.resources import kafka_resource, postgres_resource
+from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline.topics import ensure_topics
 from promo_pipeline.work import find_work
 
@@ -91,7 +92,7 @@ def run(slot: bm.Slot, work: Path, label: str) -> dict[str, Any]:
 def tick(slot: bm.Slot) -> tuple[float, list[str]]:
     """The sensor's check, timed as one tick makes it."""
     settings = slot.settings
-    checkpoint = str(Path(settings.promo_state_dir) / "checkpoints" / "campaigns")
+    checkpoint = str(checkpoint_dir(settings.promo_state_dir))
     started = time.monotonic()
     work = find_work(kafka_resource(settings), postgres_resource(settings), checkpoint)
     return time.monotonic() - started, work.reasons

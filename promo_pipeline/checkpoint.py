@@ -23,10 +23,10 @@ from confluent_kafka.admin import AdminClient
 from psycopg.types.json import Jsonb
 
 from promo_pipeline.resources import KafkaResource
+from promo_pipeline.topics import KAFKA_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
-KAFKA_TIMEOUT_S = 10.0
 # Offsets the next run starts from when the checkpoint is fresh, written by `promo rewind`.
 START_FILE = "start.json"
 
@@ -154,6 +154,11 @@ class InputPosition:
         }
 
     @property
+    def waiting(self) -> int:
+        """Messages a run would read, over all partitions."""
+        return sum(self.lag.values())
+
+    @property
     def lost(self) -> int:
         return sum(end - start for start, end in self.gaps.values())
 
@@ -263,7 +268,7 @@ def plan_input(
         if position.corrupt:
             raise CheckpointError(position.corrupt)
         topic = kafka.input_topic
-        plan = InputPlan(position.topic_id, waiting=sum(position.lag.values()))
+        plan = InputPlan(position.topic_id, waiting=position.waiting)
         if position.recreated_from:
             moved = set_aside(checkpoint_dir, "recreated")
             Path(state_dir, START_FILE).unlink(missing_ok=True)

@@ -172,6 +172,15 @@ def db_now(conn: psycopg.Connection) -> int:
     return int(conn.execute(DB_NOW).fetchone()[0])
 
 
+def unsent_triggers(conn: psycopg.Connection, run_id: str | None = None) -> int:
+    """Triggers committed to Postgres that Kafka has not acknowledged yet: all of them, or
+    those of run `run_id`. The outbox's own counts, so the ledger is not scanned."""
+    query = "SELECT coalesce(sum(triggers), 0)::int8 FROM promo.trigger_outbox"
+    if run_id is None:
+        return int(conn.execute(query).fetchone()[0])
+    return int(conn.execute(query + " WHERE run_id = %s", (run_id,)).fetchone()[0])
+
+
 def settled_watermark(conn: psycopg.Connection, timeout_s: float = 10.0) -> tuple[int, bool]:
     """The highest subscription id, once every writer that may hold a lower one has ended.
 

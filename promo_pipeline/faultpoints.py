@@ -1,5 +1,10 @@
 """Test-only fault points: no-ops unless `PROMO_FAULT_AT` names one of them.
 
+The one deliberate piece of test support inside product code: a crash, a killed process or a
+stopped service can only be placed at an exact moment of a run from inside it. Each point is a
+single call at a place the code already has (a commit, a loop step), never a reason to split or
+reshape the code around it.
+
 The fault-matrix tests (`promo_pipeline_tests/test_faults.py`) run `promo run` in a child
 process with `PROMO_FAULT_AT=<point>` and `PROMO_FAULT_DIR=<dir>`. On reaching the point the
 run writes `<dir>/<point>.reached` and blocks until `<dir>/<point>.release` exists, so the test
@@ -9,8 +14,9 @@ makes the point raise instead, which inside a Spark task is a real executor task
 Driver points (`fault_point`): `campaign_batch.committed` (a micro-batch's Postgres work is
 committed, Spark's checkpoint commit is not yet written), `feedback_sink.slice` (after each
 committed slice of the Postgres sink), `feedback_sink.committed` (after its last slice),
-`push_sink.start` (before the Kafka sink's first Spark job) and `push_sink.mid` (its first job
-acknowledged and its outbox entries deleted, the rest not yet sent).
+`push_sink.start` (before the Kafka sink's first Spark job) and `push_sink.mid` (after each of
+its Spark jobs, once acknowledged and its outbox entries deleted: a test stops the run at the
+first, the rest not yet sent). A point reached again after its release passes straight on.
 Task points (`fault_rows`): `<where>.start`, reached inside every Spark task of the job that
 reads the DataFrame: `campaign_batch.start` (reading a micro-batch's rows).
 """

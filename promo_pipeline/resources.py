@@ -17,7 +17,7 @@ from dagster import ConfigurableResource, EnvVar, Failure, InitResourceContext
 from dagster_pyspark import LazyPySparkResource
 from pydantic import PrivateAttr
 
-from promo_pipeline.settings import Settings, split_list
+from promo_pipeline.settings import Settings, checkpoint_dir, split_list
 
 
 class PostgresResource(ConfigurableResource):
@@ -168,6 +168,12 @@ class PipelineLockResource(ConfigurableResource):
 
     The lock belongs to a database session, so a killed run releases it when its connection
     drops: there is no stale lock to clean up.
+
+    Holding it is all an asset asks of it: each asset declares a `pipeline_lock` parameter and
+    never reads it. Declaring it makes Dagster set the resource up (take the lock, or fail the
+    run) before the run's first step and tear it down after its last; the in-process executor
+    sets resources up once per run. (`required_resource_keys` would say the same, but Dagster
+    refuses it next to resource parameters.)
     """
 
     postgres: PostgresResource
@@ -298,7 +304,7 @@ class StateResource(ConfigurableResource):
 
     @property
     def checkpoint_dir(self) -> str:
-        return f"{self.state_dir.rstrip('/')}/checkpoints/campaigns"
+        return str(checkpoint_dir(self.state_dir))
 
 
 SPARK_PACKAGES = "org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0,org.postgresql:postgresql:42.7.8"

@@ -1,7 +1,7 @@
 """The campaign and trigger shapes: the seed's JSON contract, defined once.
 
 `Campaign` validates an input message; `TRIGGER_COLUMNS` is the output message's field order
-and the feedback table's columns; the Spark schemas are derived from them.
+and the feedback table's columns.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
-from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 UUID_PATTERN = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -109,18 +108,6 @@ TRIGGER_COLUMNS: tuple[str, ...] = (
     "client_id",
     "datetime_created",
     "trigger_datetime_created",
-)
-
-
-def _spark_type(name: str) -> LongType | StringType:
-    return LongType() if "datetime" in name else StringType()
-
-
-CAMPAIGN_SPARK_SCHEMA = StructType(
-    [StructField(name, _spark_type(name), nullable=False) for name in CAMPAIGN_COLUMNS]
-)
-TRIGGER_SPARK_SCHEMA = StructType(
-    [StructField(name, _spark_type(name), nullable=False) for name in TRIGGER_COLUMNS]
 )
 
 

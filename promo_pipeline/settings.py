@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _sasl(self) -> Settings:
+    def _sasl_credentials_given(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL_"):
             for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
                 if not getattr(self, name):
@@ -132,6 +132,10 @@ class Settings(BaseSettings):
                         f"{name.upper()} is required when KAFKA_SECURITY_PROTOCOL="
                         f"{self.kafka_security_protocol}"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _topics_differ(self) -> Settings:
         topics = {self.promo_input_topic, self.promo_output_topic, self.promo_dlq_topic}
         if len(topics) != 3:
             raise ValueError(
@@ -142,6 +146,11 @@ class Settings(BaseSettings):
     def as_environ(self) -> dict[str, str]:
         """The settings as environment variables, for child processes and Dagster `EnvVar`."""
         return {name.upper(): str(value) for name, value in self.model_dump().items()}
+
+
+def checkpoint_dir(state_dir: str | Path) -> Path:
+    """Spark's checkpoint of the campaign stream, inside the state dir."""
+    return Path(state_dir, "checkpoints", "campaigns")
 
 
 def split_list(value: str) -> list[str]:

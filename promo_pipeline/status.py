@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from promo_pipeline.checkpoint import InputPosition
+from promo_pipeline.fanout import active_at, db_now, unsent_triggers
 from promo_pipeline.schema import EPOCH_MAX, format_epoch
 from promo_pipeline.settings import Settings
 
-STATUS_CAMPAIGNS = """
-SELECT count(*) FILTER (WHERE adv_campaign_datetime_start <= %(now)s
-                          AND adv_campaign_datetime_end > %(now)s),
+STATUS_CAMPAIGNS = f"""
+SELECT count(*) FILTER (WHERE {active_at("%(now)s")}),
        count(*) FILTER (WHERE adv_campaign_datetime_start > %(now)s),
        count(*) FILTER (WHERE adv_campaign_datetime_end <= %(now)s)
 FROM promo.campaigns
@@ -64,11 +63,11 @@ def status_report(settings: Settings, now: int | None = None) -> tuple[dict[str,
     from promo_pipeline.db import conninfo
     from promo_pipeline.resources import kafka_resource, state_resource
 
-    now = int(time.time()) if now is None else now
     kafka = kafka_resource(settings)
-    report: dict[str, Any] = {"now": now}
     lines: list[str] = []
     with psycopg.connect(conninfo(settings)) as conn:
+        now = db_now(conn) if now is None else now
+        report: dict[str, Any] = {"now": now}
         position = input_position(kafka, conn, state_resource(settings).checkpoint_dir)
         report["input"], line = _input_status(position)
         lines.append(line)
@@ -97,7 +96,7 @@ def _input_status(position: InputPosition) -> tuple[dict[str, Any], str]:
         "topic_id": position.topic_id,
         "checkpoint_corrupt": position.corrupt,
         "recreated_from_topic_id": position.recreated_from,
-        "waiting": None if position.corrupt else sum(position.lag.values()),
+        "waiting": None if position.corrupt else position.waiting,
         "partitions": [
             {
                 "partition": p,
@@ -174,7 +173,7 @@ def _campaigns(
             {"adv_campaign_id": campaign, "restaurant_id": restaurant, "start": start}
         )
         lines.append(f"  held {campaign} (restaurant {restaurant}) due {_when(start, now)}")
-    unsent = conn.execute("SELECT count(*) FROM promo.kafka_outbox").fetchone()[0]
+    unsent = unsent_triggers(conn)
     report["outbox"] = unsent
     lines.append(f"outbox: {unsent} triggers committed to Postgres await Kafka delivery")
 

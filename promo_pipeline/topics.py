@@ -14,6 +14,8 @@ from promo_pipeline.resources import KafkaResource
 # -1 leaves the number to the broker (`num.partitions`, `default.replication.factor`), so a
 # managed cluster's replication applies unless the settings ask otherwise.
 BROKER_DEFAULT = -1
+# How long one Kafka metadata or offsets request may take before the caller gives up.
+KAFKA_TIMEOUT_S = 10.0
 # A rejected message keeps its original bytes (up to the input topic's limit) and gains reason
 # headers, so the DLQ must take larger messages than the input does (the DLQ producer's limit).
 DLQ_CONFIG = {"max.message.bytes": str(4 * 1024 * 1024)}
@@ -54,6 +56,15 @@ def ensure_topics(
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
+
+
+class DeliveryErrors(list[str]):
+    """A producer's `on_delivery` callback that keeps the error of every failed message; the
+    caller checks it after `flush`."""
+
+    def __call__(self, error: object, _message: object) -> None:
+        if error is not None:
+            self.append(str(error))
 
 
 def produce_all(

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, TopicPartition
 
 from promo_pipeline.checkpoint import input_position
-from promo_pipeline.fanout import NEW_FROM, active_at, db_now
+from promo_pipeline.fanout import NEW_FROM, active_at, db_now, unsent_triggers
 from promo_pipeline.resources import KafkaResource, PostgresResource
 from promo_pipeline.schema import format_epoch
+from promo_pipeline.topics import KAFKA_TIMEOUT_S
 
-KAFKA_TIMEOUT_S = 10.0
 POSTGRES_TIMEOUT_MS = 20_000
 
 # Both cost what is new, not what exists: the campaigns whose full fan-out is due (a few rows of
@@ -62,10 +62,11 @@ def topic_watermarks(kafka: KafkaResource, topic: str) -> dict[int, tuple[int, i
 
 @dataclass
 class Work:
-    """What a run would do now, and why; empty `reasons` means skip."""
+    """What a run would do now: `reasons` to start one (none: skip), and `skip_reasons` for
+    the sensor's skip message (each check that found nothing, when a held campaign is due)."""
 
     reasons: list[str] = field(default_factory=list)
-    idle: list[str] = field(default_factory=list)
+    skip_reasons: list[str] = field(default_factory=list)
     lag: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -85,10 +86,10 @@ def find_work(
         position = input_position(kafka, conn, checkpoint_dir)
         if position.corrupt:
             # A run would fail on it every time: say why instead of launching one.
-            work.idle.append(f"not launching: {position.corrupt}")
+            work.skip_reasons.append(f"not launching: {position.corrupt}")
             return work
         work.lag = position.lag
-        new = sum(work.lag.values())
+        new = position.waiting
         if position.recreated_from:
             work.reasons.append(
                 f"input topic {position.topic} was recreated (topic id {position.topic_id}, was "
@@ -100,10 +101,11 @@ def find_work(
             busy = {p: n for p, n in work.lag.items() if n}
             work.reasons.append(f"{new} new campaign messages (lag per partition {busy})")
         else:
-            work.idle.append(f"no new campaign messages ({len(work.lag)} partitions caught up)")
+            work.skip_reasons.append(
+                f"no new campaign messages ({len(work.lag)} partitions caught up)"
+            )
         now = db_now(conn) if now is None else now
-        unsent = conn.execute("SELECT coalesce(sum(triggers), 0)::int8 FROM promo.trigger_outbox")
-        unsent = unsent.fetchone()[0]
+        unsent = unsent_triggers(conn)
         if unsent:
             work.reasons.append(f"{unsent} triggers committed to Postgres await Kafka delivery")
         fan_out = [row[0] for row in conn.execute(FAN_OUT_DUE, {"now": now})]
@@ -118,11 +120,11 @@ def find_work(
         if subscribed:
             work.reasons.append(f"new subscribers of active campaigns: {', '.join(subscribed)}")
         if not (fan_out or subscribed):
-            work.idle.append("no active campaign has an untriggered subscriber")
+            work.skip_reasons.append("no active campaign has an untriggered subscriber")
         next_due = conn.execute(NEXT_DUE, {"now": now}).fetchone()[0]
     if next_due is not None:
         when = format_epoch(next_due)
         minutes = max(0, next_due - now) // 60
         span = f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes} min"
-        work.idle.append(f"next held campaign due at {when} (in {span})")
+        work.skip_reasons.append(f"next held campaign due at {when} (in {span})")
     return work

@@ -218,7 +218,7 @@ def check_recovered(pipeline: Pipeline, expected: set[tuple[str, str]]) -> Recov
             f"{len(expected - set(pairs))} missing"
         )
     by_pair = {(row["adv_campaign_id"], row["client_id"]): row for row in rows}
-    pending = pipeline.sql("SELECT count(*) FROM promo.kafka_outbox")[0][0]
+    pending = pipeline.sql("SELECT count(*) FROM promo.unsent_triggers")[0][0]
     if pending:
         result.problems.append(f"{pending} triggers still in the outbox")
     first: dict[tuple[str, str], tuple[bytes, bytes]] = {}

@@ -89,7 +89,7 @@ def test_lock_of_a_killed_run_does_not_block_the_next(pipeline: Pipeline, tmp_pa
         killed.stop()
     # The lock belongs to the dead run's database session, which ends with its connection.
     poll(lambda: lock_holders(pipeline) == 0, 30, "Postgres to drop the dead run's lock")
-    assert pipeline.sql("SELECT count(*) FROM promo.kafka_outbox") == [(len(expected),)]
+    assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(len(expected),)]
 
     follower = ChildRun(pipeline.env, tmp_path / "next.log")
     assert follower.wait() == 0, follower.output[-3000:]

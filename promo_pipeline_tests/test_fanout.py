@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from promo_pipeline.resources import kafka_resource, postgres_resource
+from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline.work import find_work
 from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
 from promo_pipeline_tests.faults import ChildRun, check_recovered
@@ -56,7 +57,7 @@ def test_run_after_one_new_subscription_reads_only_it(pipeline: Pipeline) -> Non
     pipeline.run_ok()
     kafka = kafka_resource(pipeline.settings)
     postgres = postgres_resource(pipeline.settings)
-    checkpoint = str(pipeline.settings.promo_state_dir / "checkpoints" / "campaigns")
+    checkpoint = str(checkpoint_dir(pipeline.settings.promo_state_dir))
     assert not find_work(kafka, postgres, checkpoint).due
 
     # A subscription to a restaurant with no campaign is no work; one to the campaign's is.
@@ -101,7 +102,7 @@ def test_run_killed_between_slices_keeps_them_and_the_next_run_goes_on(
         killed.stop()
     # The first slice (2 of the big campaign's 7) is committed with its outbox entry.
     assert len(pipeline.pairs()) == 2
-    assert pipeline.sql("SELECT count(*) FROM promo.kafka_outbox") == [(2,)]
+    assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(2,)]
     assert pipeline.sql("SELECT fanout_cursor IS NOT NULL FROM promo.campaigns") == [(True,)]
 
     # A campaign that arrives meanwhile is fanned out before the one in progress resumes.
@@ -152,7 +153,7 @@ def test_rows_written_by_hand_above_the_id_sequence_do_not_stop_the_sink(
     assert {(second["adv_campaign_id"], c) for c in clients} <= pipeline.pairs()
     sent = {m.key().decode() for m in pipeline.output()}
     assert set(clients) <= sent
-    assert pipeline.sql("SELECT count(*) FROM promo.kafka_outbox") == [(0,)]
+    assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(0,)]
     assert pipeline.sql("SELECT min(id) FROM public.subscribers_feedback WHERE id > 10") != [
         (None,)
     ]

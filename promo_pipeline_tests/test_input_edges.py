@@ -17,6 +17,7 @@ from dagster import DagsterInstance, RunRequest, SkipReason
 
 from promo_pipeline.cli import main
 from promo_pipeline.resources import PipelineLockResource
+from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
 from promo_pipeline_tests.test_sensor import tick
 
@@ -179,7 +180,7 @@ def test_corrupt_checkpoint_names_the_file_and_the_rewind_that_repairs_it(
     run_summary(pipeline)
     publish_to(pipeline, 1, *second)
     run_summary(pipeline)
-    checkpoint = Path(pipeline.settings.promo_state_dir, "checkpoints", "campaigns")
+    checkpoint = checkpoint_dir(pipeline.settings.promo_state_dir)
     damage(checkpoint / folder / "1")
 
     success, summary = pipeline.run()

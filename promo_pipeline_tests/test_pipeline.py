@@ -188,7 +188,7 @@ def test_kafka_sink_failure_is_recovered_with_identical_messages(pipeline: Pipel
     success, summary = pipeline.run()
     assert not success and "FAILED push_sink" in summary
     assert pipeline.pairs() == {(active["adv_campaign_id"], c) for c in clients}
-    assert pipeline.sql("SELECT count(*) FROM promo.kafka_outbox") == [(3,)]
+    assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(3,)]
     stored = {row["client_id"]: row["trigger_datetime_created"] for row in pipeline.feedback()}
 
     ensure_topics(kafka_resource(pipeline.settings))
@@ -198,7 +198,7 @@ def test_kafka_sink_failure_is_recovered_with_identical_messages(pipeline: Pipel
     for message in messages:
         value = json.loads(message.value())
         assert value["trigger_datetime_created"] == stored[value["client_id"]]
-    assert pipeline.sql("SELECT count(*) FROM promo.kafka_outbox") == [(0,)]
+    assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(0,)]
     assert len(pipeline.feedback()) == 3
 
 

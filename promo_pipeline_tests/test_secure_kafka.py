@@ -191,7 +191,7 @@ def test_wrong_password_fails_fast_and_writes_nothing(
 
     assert pipeline.feedback() == []
     assert pipeline.sql("SELECT count(*) FROM promo.campaigns") == [(0,)]
-    assert pipeline.sql("SELECT count(*) FROM promo.kafka_outbox") == [(0,)]
+    assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(0,)]
     assert read_topic(secured, secured.promo_output_topic, timeout=20) == []
     assert read_topic(secured, secured.promo_dlq_topic, timeout=20) == []
     assert not Path(state_resource(secured).checkpoint_dir).exists()

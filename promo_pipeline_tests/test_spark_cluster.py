@@ -52,7 +52,7 @@ def assert_delivered(pipeline: Pipeline, active: dict, clients: list[str]) -> No
     }
     [dead] = pipeline.dead_letters()
     assert dead.value() == b"{not json"
-    assert pipeline.sql("SELECT count(*) FROM promo.kafka_outbox") == [(0,)]
+    assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(0,)]
 
 
 @pytest.fixture

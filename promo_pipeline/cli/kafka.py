@@ -20,7 +20,7 @@ def require_topic(settings: Settings, topic: str) -> None:
     from confluent_kafka.admin import AdminClient
 
     from promo_pipeline.resources import kafka_resource
-    from promo_pipeline.work import KAFKA_TIMEOUT_S
+    from promo_pipeline.topics import KAFKA_TIMEOUT_S
 
     # Quiet: librdkafka would print every reconnect attempt; the one line below says it all.
     admin = AdminClient(kafka_resource(settings).client_config(log_level=0))
@@ -42,14 +42,12 @@ class Publisher:
     def __init__(self, kafka: KafkaResource, topic: str, verb: str, **config: Any) -> None:
         from confluent_kafka import Producer
 
+        from promo_pipeline.topics import DeliveryErrors
+
         self.topic = topic
         self.verb = verb  # "publish to", "re-send to": how the error line reads
         self.producer = Producer(kafka.client_config(**{"enable.idempotence": True, **config}))
-        self.errors: list[str] = []
-
-    def _delivered(self, error: object, _message: object) -> None:
-        if error is not None:
-            self.errors.append(str(error))
+        self.errors = DeliveryErrors()
 
     def publish(
         self, key: bytes | None, value: bytes | None, headers: list[Any] | None = None
@@ -58,7 +56,7 @@ class Publisher:
 
         from promo_pipeline.topics import produce_all
 
-        options: dict[str, Any] = {"on_delivery": self._delivered}
+        options: dict[str, Any] = {"on_delivery": self.errors}
         if headers is not None:
             options["headers"] = headers
         try:

@@ -125,7 +125,7 @@ def tail(
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
     from promo_pipeline.resources import kafka_resource
-    from promo_pipeline.work import KAFKA_TIMEOUT_S
+    from promo_pipeline.topics import KAFKA_TIMEOUT_S
 
     kafka = kafka_resource(settings)
     topic = kafka.dlq_topic if dlq else kafka.output_topic
@@ -229,9 +229,10 @@ def subscribe(settings: Settings, client: str, restaurant: str) -> tuple[bool, l
     import psycopg
 
     from promo_pipeline.db import conninfo
+    from promo_pipeline.fanout import active_at, db_now
 
-    now = int(time.time())
     with psycopg.connect(conninfo(settings)) as conn:
+        now = db_now(conn)
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{client}/{restaurant}",))
         present = conn.execute(
             "SELECT 1 FROM public.subscribers_restaurants WHERE client_id = %s "
@@ -248,7 +249,7 @@ def subscribe(settings: Settings, client: str, restaurant: str) -> tuple[bool, l
             row[0]
             for row in conn.execute(
                 "SELECT c.adv_campaign_id FROM promo.campaigns c WHERE c.restaurant_id = %s "
-                "AND c.adv_campaign_datetime_start <= %s AND c.adv_campaign_datetime_end > %s "
+                f"AND {active_at('%s', 'c')} "
                 "AND NOT EXISTS (SELECT 1 FROM public.subscribers_feedback f WHERE "
                 "f.adv_campaign_id = c.adv_campaign_id AND f.client_id = %s) "
                 "ORDER BY c.adv_campaign_id",

@@ -100,7 +100,8 @@ def _rewind_target(
     the partition's start; UserError for a partition or offset the topic does not have."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from promo_pipeline.work import KAFKA_TIMEOUT_S, topic_watermarks
+    from promo_pipeline.topics import KAFKA_TIMEOUT_S
+    from promo_pipeline.work import topic_watermarks
 
     watermarks = topic_watermarks(kafka, topic)
     if to_offsets is not None:
@@ -177,18 +178,14 @@ def _dead_letters(kafka: KafkaResource) -> Iterator[Any]:
     cannot all be read within READ_TIMEOUT_S."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from promo_pipeline.work import KAFKA_TIMEOUT_S
+    from promo_pipeline.work import topic_watermarks
 
     topic = kafka.dlq_topic
+    ends = topic_watermarks(kafka, topic)
     consumer = Consumer(
         kafka.client_config(**{"group.id": "promo_cli.dlq_replay", "enable.auto.commit": False})
     )
     try:
-        partitions = consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_S).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S)
-            for p in partitions
-        }
         left = {p for p, (low, high) in ends.items() if high > low}
         consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in ends.items()])
         deadline = time.monotonic() + READ_TIMEOUT_S

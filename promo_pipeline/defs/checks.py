@@ -1,6 +1,6 @@
 """Asset checks that run with `promo_job`: the guarantees, verified after every run.
 
-`AssetSelection.assets(...)` in jobs.py selects the checks that target the selected assets,
+promo_job (jobs.py) selects group promo, and with it the checks that target those assets,
 so registering them in `Definitions` is enough for every run to execute them. They read what
 the run recorded (its materializations, its rows in Postgres), so they also work when run on
 their own from the UI: then they judge the latest run.
@@ -19,6 +19,7 @@ from dagster import (
 
 from promo_pipeline.defs.campaigns.assets import CampaignTally, campaign_batch
 from promo_pipeline.defs.sinks.assets import feedback_sink, push_sink
+from promo_pipeline.fanout import unsent_triggers
 from promo_pipeline.resources import PostgresResource
 from promo_pipeline.settings import load_settings
 
@@ -103,10 +104,7 @@ def triggers_in_both_sinks(
     # The rows written are Postgres's own counts of the slices' committed INSERTs; counting the
     # ledger again by trigger time would scan all of it (it has no index on that column).
     with postgres.connect() as conn:
-        unsent = conn.execute(
-            "SELECT coalesce(sum(triggers), 0)::int8 FROM promo.trigger_outbox WHERE run_id = %s",
-            (run_id,),
-        ).fetchone()[0]
+        unsent = unsent_triggers(conn, run_id)
     problems = []
     if unsent:
         problems.append(f"{unsent} triggers still in the Kafka outbox")

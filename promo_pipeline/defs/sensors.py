@@ -57,7 +57,7 @@ def promo_work_sensor(
     _set_suspect(context, None)
     work = find_work(kafka, postgres, state.checkpoint_dir)
     if not work.due:
-        return SkipReason("; ".join(work.idle))
+        return SkipReason("; ".join(work.skip_reasons))
     context.log.info("work found: " + "; ".join(work.reasons))
     return RunRequest(tags={"promo/reason": "; ".join(work.reasons)[:1000]})
 

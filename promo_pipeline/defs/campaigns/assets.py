@@ -21,7 +21,7 @@ from promo_pipeline.checkpoint import (
     plan_input,
     record_offsets,
 )
-from promo_pipeline.fanout import db_now
+from promo_pipeline.fanout import active_at, db_now
 from promo_pipeline.faultpoints import fault_point, fault_rows
 from promo_pipeline.resources import (
     KafkaResource,
@@ -37,7 +37,7 @@ from promo_pipeline.schema import (
     cancelled,
     parse_campaign,
 )
-from promo_pipeline.topics import produce_all
+from promo_pipeline.topics import DeliveryErrors, produce_all
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,7 @@ class DeadLetters:
                 "compression.type": "zstd",
             }
         )
-        self.errors: list[str] = []
-
-    def _delivered(self, error: object, _message: object) -> None:
-        if error is not None:
-            self.errors.append(str(error))
+        self.errors = DeliveryErrors()
 
     def send(self, key: bytes | None, value: bytes | None, why: Rejection, source: str) -> None:
         headers = [
@@ -135,7 +131,7 @@ class DeadLetters:
             ("promo.source", source.encode()),
         ]
         produce_all(
-            self.producer, self.topic, [(key, value)], headers=headers, on_delivery=self._delivered
+            self.producer, self.topic, [(key, value)], headers=headers, on_delivery=self.errors
         )
 
     def flush(self, timeout: float = 60.0) -> None:
@@ -264,11 +260,10 @@ def offsets_read(
 
 # Of the campaigns whose stored version came from the offsets this run read: which are held
 # (start in the future), expired (end passed) or active at `now`.
-CAMPAIGN_WINDOWS = """
+CAMPAIGN_WINDOWS = f"""
 SELECT count(*) FILTER (WHERE c.adv_campaign_datetime_start > %(now)s),
        count(*) FILTER (WHERE c.adv_campaign_datetime_end <= %(now)s),
-       count(*) FILTER (WHERE c.adv_campaign_datetime_start <= %(now)s
-                          AND c.adv_campaign_datetime_end > %(now)s)
+       count(*) FILTER (WHERE {active_at("%(now)s", "c")})
 FROM promo.campaigns c
 JOIN unnest(%(partitions)s::int[], %(starts)s::int8[], %(ends)s::int8[]) AS r(p, s, e)
   ON c.kafka_partition = r.p AND c.kafka_offset >= r.s AND c.kafka_offset < r.e
@@ -299,6 +294,7 @@ def campaign_windows(conninfo: str, ranges: dict[int, tuple[int, int]]) -> tuple
 )
 def campaign_batch(
     context: AssetExecutionContext,
+    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     spark: SparkResource,
     kafka: KafkaResource,

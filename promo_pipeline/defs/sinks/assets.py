@@ -58,6 +58,7 @@ PUSH_TASKS = 4
 )
 def feedback_sink(
     context: AssetExecutionContext,
+    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
     state: StateResource,
@@ -136,6 +137,7 @@ def push_jobs(
 )
 def push_sink(
     context: AssetExecutionContext,
+    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
     kafka: KafkaResource,
@@ -158,7 +160,7 @@ def push_sink(
         fault_point("push_sink.start")  # test-only; no-op unless PROMO_FAULT_AT is set
         entries = {slice_id: (run_id, count) for slice_id, run_id, count in pending}
         jobs = push_jobs(pending, PUSH_TASKS * state.trigger_slice_rows, PUSH_TASKS)
-        for number, job in enumerate(jobs):
+        for job in jobs:
             with spark.failing_fast():
                 (
                     spark.spark_session.read.jdbc(
@@ -180,10 +182,7 @@ def push_sink(
                 run_id, count = entries[slice_id]
                 sent += count
                 sent_this_run += count if run_id == context.run_id else 0
-            if number == 0:
-                # test-only: a first job acknowledged and its outbox entries gone, the rest
-                # not yet sent
-                fault_point("push_sink.mid")
+            fault_point("push_sink.mid")  # test-only; no-op unless PROMO_FAULT_AT is set
     seconds = round(time.monotonic() - started, 3)
     context.log.info(
         f"push sink: {sent} messages in {len(pending)} slices, {len(jobs)} Spark jobs, "

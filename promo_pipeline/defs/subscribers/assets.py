@@ -17,6 +17,7 @@ from promo_pipeline.resources import PipelineLockResource, PostgresResource
 )
 def subscriber_snapshot(
     context: AssetExecutionContext,
+    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
 ) -> MaterializeResult:

@@ -19,6 +19,7 @@ from promo_pipeline.resources import PipelineLockResource, PostgresResource
 )
 def triggers(
     context: AssetExecutionContext,
+    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
 ) -> MaterializeResult:
