@@ -23,13 +23,10 @@ UPGRADE = [
     # The latest version of every campaign ever read: triggers are computed from here each run,
     # so held, updated and cancelled campaigns and new subscribers need no replay of the topic.
     """CREATE TABLE IF NOT EXISTS promo.campaigns (
-        adv_campaign_id text PRIMARY KEY,
-        restaurant_id text NOT NULL,
-        adv_campaign_content text NOT NULL,
-        adv_campaign_owner text NOT NULL,
+        adv_campaign_id text PRIMARY KEY, restaurant_id text NOT NULL,
+        adv_campaign_content text NOT NULL, adv_campaign_owner text NOT NULL,
         adv_campaign_owner_contact text NOT NULL,
-        adv_campaign_datetime_start int8 NOT NULL,
-        adv_campaign_datetime_end int8 NOT NULL,
+        adv_campaign_datetime_start int8 NOT NULL, adv_campaign_datetime_end int8 NOT NULL,
         datetime_created int8 NOT NULL,
         kafka_partition int4 NOT NULL,
         kafka_offset int8 NOT NULL,
