@@ -5,7 +5,7 @@ stopped service can only be placed at an exact moment of a run from inside it. E
 single call at a place the code already has (a commit, a loop step), never a reason to split or
 reshape the code around it.
 
-The fault-matrix tests (`promo_pipeline_tests/test_faults.py`) run `promo run` in a child
+The fault-matrix tests (`promo_pipeline_tests/defs/test_faults.py`) run `promo run` in a child
 process with `PROMO_FAULT_AT=<point>` and `PROMO_FAULT_DIR=<dir>`. On reaching the point the
 run writes `<dir>/<point>.reached` and blocks until `<dir>/<point>.release` exists, so the test
 can kill the run or stop a service at exactly that moment. A release file containing `fail`

@@ -11,8 +11,8 @@ import pytest
 from promo_pipeline.resources import kafka_resource, postgres_resource
 from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline.work import find_work
-from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
-from promo_pipeline_tests.faults import ChildRun, check_recovered
+from promo_pipeline_tests.support.faults import ChildRun, check_recovered
+from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 

@@ -23,7 +23,7 @@ from promo_pipeline.db import (
     migrations_dir,
     upgrade,
 )
-from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
+from promo_pipeline_tests.support.pipeline import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
 
 pytestmark = pytest.mark.stack
 

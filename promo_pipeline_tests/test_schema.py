@@ -7,7 +7,7 @@ import json
 import pytest
 
 from promo_pipeline.schema import CAMPAIGN_COLUMNS, TRIGGER_COLUMNS, Campaign, parse_campaign
-from promo_pipeline_tests.conftest import SEED_CAMPAIGN
+from promo_pipeline_tests.support.pipeline import SEED_CAMPAIGN
 
 
 def encoded(**changes: object) -> bytes:

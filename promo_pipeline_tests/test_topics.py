@@ -10,8 +10,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from promo_pipeline.cli.stack import prepare
 from promo_pipeline.settings import Settings, load_settings
-from promo_pipeline_tests.conftest import Pipeline
-from promo_pipeline_tests.faults import poll
+from promo_pipeline_tests.support.faults import poll
+from promo_pipeline_tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.stack
 

@@ -6,7 +6,7 @@ import pytest
 
 from promo_pipeline.fanout import OUTBOX_MESSAGES
 from promo_pipeline.schema import TRIGGER_COLUMNS
-from promo_pipeline_tests.conftest import Pipeline, new_uuid
+from promo_pipeline_tests.support.pipeline import Pipeline, new_uuid
 
 pytestmark = [pytest.mark.stack]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from promo_pipeline.resources import PipelineLockResource
-from promo_pipeline_tests.conftest import Pipeline
-from promo_pipeline_tests.faults import ChildRun, check_recovered, poll
+from promo_pipeline_tests.support.faults import ChildRun, check_recovered, poll
+from promo_pipeline_tests.support.pipeline import Pipeline
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 

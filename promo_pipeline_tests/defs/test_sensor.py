@@ -16,23 +16,10 @@ from dagster import (
 
 from promo_pipeline.defs.sensors import promo_work_sensor
 from promo_pipeline.resources import kafka_resource, postgres_resource, state_resource
-from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
+from promo_pipeline_tests.support.dagster import tick
+from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
-
-
-def tick(pipeline: Pipeline, instance: DagsterInstance) -> RunRequest | SkipReason:
-    context = build_sensor_context(
-        instance=instance,
-        resources={
-            "kafka": kafka_resource(pipeline.settings),
-            "postgres": postgres_resource(pipeline.settings),
-            "state": state_resource(pipeline.settings),
-        },
-    )
-    result = promo_work_sensor(context)
-    assert isinstance(result, RunRequest | SkipReason)
-    return result
 
 
 def test_sensor_runs_on_new_input_and_new_subscribers_and_skips_otherwise(
@@ -153,8 +140,8 @@ def test_sensor_fails_a_started_run_only_while_nobody_holds_the_pipeline_lock(
 
 
 def test_sensor_survives_a_stored_millisecond_campaign(pipeline: Pipeline) -> None:
-    from promo_pipeline_tests.faults import wait_topics_ready
-    from promo_pipeline_tests.test_cli import insert_campaign, millisecond_campaign
+    from promo_pipeline_tests.support.faults import wait_topics_ready
+    from promo_pipeline_tests.support.pipeline import insert_campaign, millisecond_campaign
 
     wait_topics_ready(pipeline.settings)  # the tick reads watermarks of the topic just created
     stored = millisecond_campaign()

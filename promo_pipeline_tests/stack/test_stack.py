@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from promo_pipeline.stack import LocalStack
 from promo_pipeline.stack._proc import wait_until
-from promo_pipeline_tests.conftest import campaign
+from promo_pipeline_tests.support.pipeline import campaign
 from promo_pipeline_tests.support.stack import destroy
 
 pytestmark = pytest.mark.stack

@@ -7,7 +7,7 @@ import json
 import pytest
 from dagster import AssetCheckEvaluation, AssetCheckSeverity, DagsterInstance
 
-from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
+from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 

@@ -32,7 +32,7 @@ from promo_pipeline.stack import maven
 from promo_pipeline.stack._proc import pick_free_ports
 from promo_pipeline.topics import ensure_topics
 from promo_pipeline.work import find_work
-from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid, read_topic
+from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid, read_topic
 from promo_pipeline_tests.support.secure_kafka import (
     MECHANISM,
     SecureKafkaBroker,
@@ -41,7 +41,7 @@ from promo_pipeline_tests.support.secure_kafka import (
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMO = str(Path(sys.executable).with_name("promo"))
 USER = "promo-pipeline"
 

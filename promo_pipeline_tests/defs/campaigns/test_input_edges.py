@@ -18,8 +18,8 @@ from dagster import DagsterInstance, RunRequest, SkipReason
 from promo_pipeline.cli import main
 from promo_pipeline.resources import PipelineLockResource
 from promo_pipeline.settings import checkpoint_dir
-from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
-from promo_pipeline_tests.test_sensor import tick
+from promo_pipeline_tests.support.dagster import tick
+from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 

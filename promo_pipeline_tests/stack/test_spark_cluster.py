@@ -19,7 +19,7 @@ import pytest
 
 from promo_pipeline.settings import split_list
 from promo_pipeline.stack.spark import SparkConnectServer
-from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
+from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 from promo_pipeline_tests.support.spark_standalone import SparkStandalone
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]

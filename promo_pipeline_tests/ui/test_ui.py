@@ -19,12 +19,12 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from promo_pipeline.stack._proc import stop_process_group
-from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
+from promo_pipeline_tests.support.pipeline import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark, pytest.mark.daemon]
 
-REPO = Path(__file__).resolve().parents[1]
-UI_DIR = Path(__file__).resolve().parent / "ui"
+REPO = Path(__file__).resolve().parents[2]
+UI_DIR = Path(__file__).resolve().parent
 ARTIFACTS = REPO / "artifacts" / "ui"
 CHROMIUM = Path("/usr/bin/chromium")
 

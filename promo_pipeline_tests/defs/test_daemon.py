@@ -7,49 +7,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
-from promo_pipeline.stack._proc import stop_process_group
-from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
-from promo_pipeline_tests.faults import poll
+from promo_pipeline_tests.support.dagster import DONE, dagster_daemon, promo_runs
+from promo_pipeline_tests.support.faults import poll
+from promo_pipeline_tests.support.pipeline import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark, pytest.mark.daemon]
-
-REPO = Path(__file__).resolve().parents[1]
-DONE = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
-
-
-@contextmanager
-def dagster_daemon(log_file: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`dagster-daemon run` on the repo's workspace, in its own process group (it starts the
-    code server, which starts each run's worker)."""
-    with log_file.open("w") as log:
-        daemon = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"],
-            cwd=REPO,
-            env=dict(os.environ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield daemon
-        finally:
-            stop_process_group(daemon.pid, timeout=30)
-            daemon.wait(10)
-
-
-def promo_runs() -> list[DagsterRun]:
-    """promo_job's runs, newest first."""
-    return list(DagsterInstance.get().get_runs(RunsFilter(job_name="promo_job")))
 
 
 def test_daemon_sensor_launches_job_and_trigger_reaches_both_sinks(

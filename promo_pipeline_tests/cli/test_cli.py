@@ -12,7 +12,13 @@ import pytest
 from confluent_kafka import Producer
 
 from promo_pipeline.cli import main
-from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
+from promo_pipeline_tests.support.pipeline import (
+    Pipeline,
+    campaign,
+    insert_campaign,
+    millisecond_campaign,
+    new_uuid,
+)
 
 pytestmark = [pytest.mark.stack]
 
@@ -167,34 +173,10 @@ def test_subscribe_adds_once_and_names_the_campaigns_it_will_get(
     )
 
 
-def insert_campaign(pipeline: Pipeline, document: dict[str, object]) -> None:
-    """A row written straight into the state table, past the validation (an old version, a
-    restore, a hand edit)."""
-    pipeline.sql(
-        "INSERT INTO promo.campaigns (adv_campaign_id, restaurant_id, adv_campaign_content, "
-        "adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, "
-        "adv_campaign_datetime_end, datetime_created, kafka_partition, kafka_offset) "
-        "VALUES (%(adv_campaign_id)s, %(restaurant_id)s, %(adv_campaign_content)s, "
-        "%(adv_campaign_owner)s, %(adv_campaign_owner_contact)s, "
-        "%(adv_campaign_datetime_start)s, %(adv_campaign_datetime_end)s, "
-        "%(datetime_created)s, 0, 0)",
-        document,
-    )
-
-
-def millisecond_campaign() -> dict[str, object]:
-    now_ms = int(time.time()) * 1000
-    return campaign(
-        adv_campaign_datetime_start=now_ms + 60_000,
-        adv_campaign_datetime_end=now_ms + 3_600_000,
-        datetime_created=now_ms,
-    )
-
-
 def test_status_survives_a_stored_millisecond_campaign(
     pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from promo_pipeline_tests.faults import wait_topics_ready
+    from promo_pipeline_tests.support.faults import wait_topics_ready
 
     wait_topics_ready(pipeline.settings)  # status reads watermarks of the topic just created
     stored = millisecond_campaign()
@@ -280,7 +262,7 @@ def test_stack_finds_runuser_under_crons_path(
 def test_status_on_a_database_that_predates_the_input_tables_names_the_fix(
     pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from promo_pipeline_tests.faults import wait_topics_ready
+    from promo_pipeline_tests.support.faults import wait_topics_ready
 
     wait_topics_ready(pipeline.settings)
     # A database at the revision before the input tables.
@@ -302,7 +284,7 @@ def test_readme_lists_every_command() -> None:
 
     from promo_pipeline.cli import parser
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme.split("## The `promo` command")[1].split("## Walkthrough")[0]
     [commands] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
     missing = [name for name in commands.choices if f"`promo {name}" not in table]

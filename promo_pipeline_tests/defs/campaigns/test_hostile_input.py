@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 
 from promo_pipeline.schema import CAMPAIGN_COLUMNS, INT8_MAX, MAX_MESSAGE_BYTES, TRIGGER_COLUMNS
-from promo_pipeline_tests.conftest import Pipeline, campaign, new_uuid
+from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 

@@ -20,9 +20,9 @@ from confluent_kafka.admin import AdminClient
 
 from promo_pipeline.schema import TRIGGER_COLUMNS
 from promo_pipeline.settings import Settings
-from promo_pipeline_tests.conftest import Pipeline, new_uuid
+from promo_pipeline_tests.support.pipeline import Pipeline, new_uuid
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OWN_PREFIXES = ("KAFKA_", "POSTGRES_", "PROMO_", "SPARK_MASTER", "DAGSTER_")
 
 

@@ -9,7 +9,13 @@ import psycopg
 import pytest
 
 from promo_pipeline.schema import TRIGGER_COLUMNS
-from promo_pipeline_tests.conftest import SEED_CAMPAIGN, SEED_CLIENT, Pipeline, campaign, new_uuid
+from promo_pipeline_tests.support.pipeline import (
+    SEED_CAMPAIGN,
+    SEED_CLIENT,
+    Pipeline,
+    campaign,
+    new_uuid,
+)
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 
