@@ -180,7 +180,7 @@ def _campaigns(
 
 def _last_input(conninfo: str, row: tuple | None, lines: list[str]) -> dict[str, Any] | None:
     """What the latest run read from the input topic, by the run's own tally."""
-    from promo_pipeline.defs.campaigns.assets import CampaignTally
+    from promo_pipeline.ingest import CampaignTally
 
     if not row:
         lines.append("last input read: none yet")

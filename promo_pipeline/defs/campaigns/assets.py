@@ -1,28 +1,29 @@
 """The campaign batch: new messages from the input topic, validated, folded into campaign state."""
 
 import json
-import logging
-from collections import Counter
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Self
+from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaException, Producer
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
-from psycopg.types.json import Jsonb
-from pyspark.sql import DataFrame
 
 from promo_pipeline.checkpoint import (
     CheckpointError,
     InputError,
+    InputPlan,
     committed_offsets,
     describe_gaps,
     plan_input,
     record_offsets,
 )
-from promo_pipeline.fanout import active_at, db_now
-from promo_pipeline.faultpoints import fault_point, fault_rows
+from promo_pipeline.ingest import (
+    CampaignTally,
+    IngestTarget,
+    campaign_windows,
+    ingest_batch,
+    offsets_read,
+    root_cause,
+)
 from promo_pipeline.resources import (
     KafkaResource,
     PipelineLockResource,
@@ -30,260 +31,6 @@ from promo_pipeline.resources import (
     SparkResource,
     StateResource,
 )
-from promo_pipeline.schema import (
-    CAMPAIGN_COLUMNS,
-    Campaign,
-    Rejection,
-    cancelled,
-    parse_campaign,
-)
-from promo_pipeline.topics import DeliveryErrors, produce_all
-
-log = logging.getLogger(__name__)
-
-STATE_COLUMNS = (*CAMPAIGN_COLUMNS, "kafka_partition", "kafka_offset")
-
-# The fan-out made so far stays valid while the restaurant stays the same (a new window or text
-# changes no pair); a campaign moved to another restaurant is fanned out afresh.
-FANOUT_COLUMNS = ("fanout_through", "fanout_cursor", "fanout_started_at")
-_KEEP_FANOUT = (
-    "CASE WHEN lower(excluded.restaurant_id) = lower(promo.campaigns.restaurant_id) "
-    "THEN promo.campaigns.{name} END"
-)
-# The newest version of each campaign wins; replays of the same message change nothing.
-UPSERT_CAMPAIGNS = f"""
-INSERT INTO promo.campaigns ({", ".join(STATE_COLUMNS)})
-SELECT DISTINCT ON (adv_campaign_id) {", ".join(STATE_COLUMNS)} FROM campaign_in
-ORDER BY adv_campaign_id, datetime_created DESC, kafka_partition DESC, kafka_offset DESC
-ON CONFLICT (adv_campaign_id) DO UPDATE SET
-    {", ".join(f"{name} = excluded.{name}" for name in STATE_COLUMNS[1:])}, updated_at = now(),
-    {", ".join(f"{name} = {_KEEP_FANOUT.format(name=name)}" for name in FANOUT_COLUMNS)}
-WHERE excluded.datetime_created >= promo.campaigns.datetime_created
-"""
-
-
-@dataclass(frozen=True)
-class IngestTarget:
-    """Everything a micro-batch needs, picklable: under Spark Connect the batch function runs
-    in a Python worker next to the server, not in this process."""
-
-    conninfo: str
-    kafka_config: dict[str, Any]
-    dlq_topic: str
-    run_id: str
-
-
-@dataclass
-class CampaignTally:
-    """What the micro-batches of one run did, summed from promo.campaign_batches."""
-
-    batches: int = 0
-    messages: int = 0
-    valid: int = 0
-    campaigns_changed: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-    @classmethod
-    def of_run(cls, conninfo: str, run_id: str) -> Self:
-        tally = cls()
-        with psycopg.connect(conninfo) as conn:
-            for messages, valid, changed, rejected in conn.execute(
-                "SELECT messages, valid, campaigns_changed, rejected "
-                "FROM promo.campaign_batches WHERE run_id = %s",
-                (run_id,),
-            ):
-                tally.batches += 1
-                tally.messages += messages
-                tally.valid += valid
-                tally.campaigns_changed += changed
-                tally.rejected.update(rejected)
-        return tally
-
-
-class DeadLetters:
-    """Sends rejected messages to the DLQ, unchanged, with the reason in headers."""
-
-    def __init__(self, kafka_config: dict[str, Any], topic: str) -> None:
-        self.topic = topic
-        # A rejected message may be as large as the broker accepted on input (~1 MiB) plus
-        # our headers: lift the client's own 1,000,000-byte cap and compress, so the broker's
-        # per-batch limit, not the client, decides, and a big message cannot block every run.
-        self.producer = Producer(
-            {
-                **kafka_config,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 20,
-                "message.max.bytes": 4 * 1024 * 1024,
-                "compression.type": "zstd",
-            }
-        )
-        self.errors = DeliveryErrors()
-
-    def send(self, key: bytes | None, value: bytes | None, why: Rejection, source: str) -> None:
-        headers = [
-            ("promo.reject.code", why.code.encode()),
-            ("promo.reject.reason", str(why).encode()),
-            ("promo.source", source.encode()),
-        ]
-        produce_all(
-            self.producer, self.topic, [(key, value)], headers=headers, on_delivery=self.errors
-        )
-
-    def flush(self, timeout: float = 60.0) -> None:
-        """Block until every rejected message is acknowledged, or fail the batch."""
-        left = self.producer.flush(timeout)
-        if left or self.errors:
-            raise KafkaException(
-                f"DLQ delivery failed ({left} unacknowledged): {'; '.join(self.errors[:3])}"
-            )
-
-
-def known_campaigns(conninfo: str, outcomes: list[tuple[Any, ...]]) -> set[str]:
-    """Of the ids in end <= start messages, those already stored or valid in this batch: only
-    a campaign that exists can be cancelled; for any other id it stays a producer error."""
-    candidates = {
-        o.fields.adv_campaign_id
-        for o, *_ in outcomes
-        if isinstance(o, Rejection) and o.fields is not None
-    }
-    if not candidates:
-        return set()
-    in_batch = {o.adv_campaign_id for o, *_ in outcomes if isinstance(o, Campaign)}
-    with psycopg.connect(conninfo) as conn:
-        stored = {
-            row[0]
-            for row in conn.execute(
-                "SELECT adv_campaign_id FROM promo.campaigns WHERE adv_campaign_id = ANY(%s)",
-                (list(candidates),),
-            )
-        }
-    return (stored | in_batch) & candidates
-
-
-RECORD_BATCH = """
-INSERT INTO promo.campaign_batches
-    (run_id, batch_id, messages, valid, campaigns_changed, rejected)
-VALUES (%s, %s, %s, %s, %s, %s)
-ON CONFLICT (run_id, batch_id) DO UPDATE SET
-    messages = excluded.messages, valid = excluded.valid,
-    campaigns_changed = excluded.campaigns_changed, rejected = excluded.rejected
-"""
-
-
-def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
-    """One micro-batch: reject to the DLQ first, then upsert the valid campaigns.
-
-    Both steps are idempotent, so a batch replayed after a crash changes nothing twice.
-    """
-    batch = fault_rows(batch, "campaign_batch")  # test-only; no-op unless PROMO_FAULT_AT is set
-    table = batch.select("key", "value", "topic", "partition", "offset").toArrow()
-    columns = [table.column(name).to_pylist() for name in table.column_names]
-    valid: list[tuple[Campaign, int, int]] = []
-    rejected: Counter[str] = Counter()
-    dead_letters = DeadLetters(target.kafka_config, target.dlq_topic)
-    outcomes = [
-        (parse_campaign(value), key, value, topic, partition, offset)
-        for key, value, topic, partition, offset in zip(*columns, strict=True)
-    ]
-    known = known_campaigns(target.conninfo, outcomes)
-    cancels = 0
-    for outcome, key, value, topic, partition, offset in outcomes:
-        if isinstance(outcome, Campaign):
-            valid.append((outcome, partition, offset))
-        elif outcome.fields is not None and outcome.fields.adv_campaign_id in known:
-            # end <= start for a campaign we know: its cancellation, stored so it never fires
-            # (the upsert keeps it only if it is at least as new as the stored version).
-            valid.append((cancelled(outcome.fields), partition, offset))
-            cancels += 1
-        else:
-            rejected[outcome.code] += 1
-            dead_letters.send(key, value, outcome, f"{topic}/{partition}/{offset}")
-    if rejected:
-        dead_letters.flush()
-    with psycopg.connect(target.conninfo) as conn, conn.transaction():
-        changed = 0
-        if valid:
-            conn.execute(
-                "CREATE TEMP TABLE campaign_in (LIKE promo.campaigns INCLUDING DEFAULTS) "
-                "ON COMMIT DROP"
-            )
-            with conn.cursor().copy(
-                f"COPY campaign_in ({', '.join(STATE_COLUMNS)}) FROM STDIN"
-            ) as copy:
-                for campaign, partition, offset in valid:
-                    copy.write_row((*campaign.model_dump().values(), partition, offset))
-            changed = conn.execute(UPSERT_CAMPAIGNS).rowcount
-        conn.execute(
-            RECORD_BATCH,
-            (target.run_id, batch_id, table.num_rows, len(valid), changed, Jsonb(rejected)),
-        )
-    log.info(
-        "campaign micro-batch %s: %s messages, %s valid (%s cancellations), %s campaigns "
-        "changed, rejected %s",
-        batch_id,
-        table.num_rows,
-        len(valid),
-        cancels,
-        changed,
-        dict(rejected) or 0,
-    )
-    fault_point("campaign_batch.committed")  # test-only; no-op unless PROMO_FAULT_AT is set
-
-
-def offsets_read(
-    progress: list[dict[str, Any]],
-    before: dict[tuple[str, int], int],
-    after: dict[tuple[str, int], int],
-) -> dict[int, tuple[int, int]]:
-    """Per partition, the first offset this run read and the exclusive end: the checkpoint's
-    position before and after the run; on the very first run the start comes from the
-    query's first progress report (earliest available), else 0."""
-    first: dict[tuple[str, int], int] = {}
-    for report in progress:
-        for source in report.get("sources", []):
-            start = source.get("startOffset")
-            if isinstance(start, str):
-                start = json.loads(start)
-            for topic, partitions in (start or {}).items():
-                for partition, offset in partitions.items():
-                    first.setdefault((topic, int(partition)), int(offset))
-    return {
-        partition: (before.get((topic, partition), first.get((topic, partition), 0)), end)
-        for (topic, partition), end in sorted(after.items())
-    }
-
-
-# Of the campaigns whose stored version came from the offsets this run read: which are held
-# (start in the future), expired (end passed) or active at `now`.
-CAMPAIGN_WINDOWS = f"""
-SELECT count(*) FILTER (WHERE c.adv_campaign_datetime_start > %(now)s),
-       count(*) FILTER (WHERE c.adv_campaign_datetime_end <= %(now)s),
-       count(*) FILTER (WHERE {active_at("%(now)s", "c")})
-FROM promo.campaigns c
-JOIN unnest(%(partitions)s::int[], %(starts)s::int8[], %(ends)s::int8[]) AS r(p, s, e)
-  ON c.kafka_partition = r.p AND c.kafka_offset >= r.s AND c.kafka_offset < r.e
-"""
-
-
-def campaign_windows(conninfo: str, ranges: dict[int, tuple[int, int]]) -> tuple[int, int, int]:
-    """(held, expired, active) among the campaigns read in `ranges`, now by the database's
-    clock (the one the triggers use)."""
-    with psycopg.connect(conninfo) as conn:
-        held, expired, active = conn.execute(
-            CAMPAIGN_WINDOWS,
-            {
-                "now": db_now(conn),
-                "partitions": list(ranges),
-                "starts": [start for start, _ in ranges.values()],
-                "ends": [end for _, end in ranges.values()],
-            },
-        ).fetchone()
-    return held, expired, active
 
 
 @asset(
@@ -310,6 +57,30 @@ def campaign_batch(
         dlq_topic=kafka.dlq_topic,
         run_id=context.run_id,
     )
+    plan = _plan(context, kafka, state, target)
+    before = committed_offsets(state.checkpoint_dir)
+    # Nothing past the checkpoint (and no recreated topic): no streaming query, no Spark at all;
+    # a run for new subscriptions or unsent triggers does not pay for reading nothing.
+    progress = (
+        _read(context, spark, kafka, state, plan, target) if plan.waiting or plan.recreated else []
+    )
+    ranges = offsets_read(progress, before, committed_offsets(state.checkpoint_dir))
+    record_offsets(target.conninfo, context.run_id, kafka.input_topic, plan.topic_id, ranges)
+    tally = CampaignTally.of_run(target.conninfo, context.run_id)
+    held, expired, active = campaign_windows(target.conninfo, ranges)
+    context.log.info(
+        f"campaign batch: {tally.messages} messages in {tally.batches} micro-batches, "
+        f"{tally.valid} valid, {tally.rejected_total} rejected; of the campaigns read "
+        f"{active} active, {held} held for later, {expired} expired"
+    )
+    return MaterializeResult(metadata=_metadata(tally, (held, expired, active), ranges, plan))
+
+
+def _plan(
+    context: AssetExecutionContext, kafka: KafkaResource, state: StateResource, target: IngestTarget
+) -> InputPlan:
+    """Where the run starts reading; a recreated topic or a retention gap is said here, before
+    the query, and a damaged checkpoint or an old database fails the run in one line."""
     try:
         plan = plan_input(
             kafka, target.conninfo, state.state_dir, state.checkpoint_dir, context.run_id
@@ -332,73 +103,72 @@ def campaign_batch(
             f"input topic {kafka.input_topic}: {plan.lost} offsets deleted by retention before "
             f"they were read ({describe_gaps(plan.gaps)}); reading on from what exists"
         )
-    before = committed_offsets(state.checkpoint_dir)
-    progress: list[dict[str, Any]] = []
-    # Nothing past the checkpoint (and no recreated topic): no streaming query, no Spark at all;
-    # a run for new subscriptions or unsent triggers does not pay for reading nothing.
-    if plan.waiting or plan.recreated:
-        with spark.failing_fast():
-            query = (
-                spark.spark_session.readStream.format("kafka")
-                .options(**kafka.spark_options())
-                .option("subscribe", kafka.input_topic)
-                .option("startingOffsets", plan.starting_offsets)
-                # Only after the gap is recorded above: Spark would fail on it in every run.
-                .option("failOnDataLoss", str(plan.fail_on_data_loss).lower())
-                .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
-                .load()
-                .writeStream.queryName("campaign_batch")
-                .foreachBatch(partial(ingest_batch, target=target))
-                .option("checkpointLocation", state.checkpoint_dir)
-                .trigger(availableNow=True)
-                .start()
-            )
-            query.awaitTermination()
-            if query.exception() is not None:
-                raise Failure(f"campaign stream failed: {root_cause(query.exception())}")
-        progress = [json.loads(p.json) for p in query.recentProgress]
-        for report in progress:
-            if report.get("numInputRows"):
-                context.log.info(f"streaming progress: {json.dumps(report)}")
-    ranges = offsets_read(progress, before, committed_offsets(state.checkpoint_dir))
-    record_offsets(target.conninfo, context.run_id, kafka.input_topic, plan.topic_id, ranges)
-    tally = CampaignTally.of_run(target.conninfo, context.run_id)
-    held, expired, active = campaign_windows(target.conninfo, ranges)
-    context.log.info(
-        f"campaign batch: {tally.messages} messages in {tally.batches} micro-batches, "
-        f"{tally.valid} valid, {tally.rejected_total} rejected; of the campaigns read "
-        f"{active} active, {held} held for later, {expired} expired"
-    )
-    return MaterializeResult(
-        metadata={
-            "messages_read": tally.messages,
-            "micro_batches": tally.batches,
-            "valid": tally.valid,
-            "campaigns_changed": tally.campaigns_changed,
-            "rejected": tally.rejected_total,
-            **{f"rejected_{code}": count for code, count in sorted(tally.rejected.items())},
-            "held_for_later": held,
-            "expired": expired,
-            "active": active,
-            **{f"start_offset_p{p}": start for p, (start, _) in sorted(ranges.items())},
-            **{f"end_offset_p{p}": end for p, (_, end) in sorted(ranges.items())},
-            "offsets": MetadataValue.json(
-                {str(p): {"start": start, "end": end} for p, (start, end) in sorted(ranges.items())}
-            ),
-            "topic_id": plan.topic_id,
-            "topic_recreated": plan.recreated is not None,
-            **({"recreated": MetadataValue.json(plan.recreated)} if plan.recreated else {}),
-            "lost_offsets": plan.lost,
-            "lost_ranges": MetadataValue.json(
-                {str(p): {"from": s, "to": e} for p, (s, e) in sorted(plan.gaps.items())}
-            ),
-        }
-    )
+    return plan
 
 
-def root_cause(error: BaseException) -> str:
-    """The first line of Spark's error, without the query ids and the JVM stack: the one line
-    a failed run reports."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    first = lines[0] if lines else type(error).__name__
-    return first.split("terminated with exception: ", 1)[-1][:500]
+def _read(
+    context: AssetExecutionContext,
+    spark: SparkResource,
+    kafka: KafkaResource,
+    state: StateResource,
+    plan: InputPlan,
+    target: IngestTarget,
+) -> list[dict[str, Any]]:
+    """The streaming query over what is new (availableNow), each micro-batch ingested by
+    `ingest_batch`; returns the query's progress reports."""
+    with spark.failing_fast():
+        query = (
+            spark.spark_session.readStream.format("kafka")
+            .options(**kafka.spark_options())
+            .option("subscribe", kafka.input_topic)
+            .option("startingOffsets", plan.starting_offsets)
+            # Only after the gap is recorded by `_plan`: Spark would fail on it in every run.
+            .option("failOnDataLoss", str(plan.fail_on_data_loss).lower())
+            .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
+            .load()
+            .writeStream.queryName("campaign_batch")
+            .foreachBatch(partial(ingest_batch, target=target))
+            .option("checkpointLocation", state.checkpoint_dir)
+            .trigger(availableNow=True)
+            .start()
+        )
+        query.awaitTermination()
+        if query.exception() is not None:
+            raise Failure(f"campaign stream failed: {root_cause(query.exception())}")
+    progress = [json.loads(p.json) for p in query.recentProgress]
+    for report in progress:
+        if report.get("numInputRows"):
+            context.log.info(f"streaming progress: {json.dumps(report)}")
+    return progress
+
+
+def _metadata(
+    tally: CampaignTally,
+    windows: tuple[int, int, int],
+    ranges: dict[int, tuple[int, int]],
+    plan: InputPlan,
+) -> dict[str, Any]:
+    held, expired, active = windows
+    return {
+        "messages_read": tally.messages,
+        "micro_batches": tally.batches,
+        "valid": tally.valid,
+        "campaigns_changed": tally.campaigns_changed,
+        "rejected": tally.rejected_total,
+        **{f"rejected_{code}": count for code, count in sorted(tally.rejected.items())},
+        "held_for_later": held,
+        "expired": expired,
+        "active": active,
+        **{f"start_offset_p{p}": start for p, (start, _) in sorted(ranges.items())},
+        **{f"end_offset_p{p}": end for p, (_, end) in sorted(ranges.items())},
+        "offsets": MetadataValue.json(
+            {str(p): {"start": start, "end": end} for p, (start, end) in sorted(ranges.items())}
+        ),
+        "topic_id": plan.topic_id,
+        "topic_recreated": plan.recreated is not None,
+        **({"recreated": MetadataValue.json(plan.recreated)} if plan.recreated else {}),
+        "lost_offsets": plan.lost,
+        "lost_ranges": MetadataValue.json(
+            {str(p): {"from": s, "to": e} for p, (s, e) in sorted(plan.gaps.items())}
+        ),
+    }
