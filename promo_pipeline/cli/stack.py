@@ -25,12 +25,13 @@ def cmd_stack(args: argparse.Namespace) -> int:
     promo stack down              # stop, keep the data
     """
     from promo_pipeline.stack import LocalStack
+    from promo_pipeline.stack.errors import StackError
 
     stack = LocalStack(stack_dir(args), spark=args.spark)
     if args.action == "up":
         try:
             env = stack.up()
-        except RuntimeError as error:
+        except StackError as error:
             # A missing tool or a service that would not start: its first line says which.
             raise UserError(f"stack up failed: {str(error).strip().splitlines()[0]}") from None
         os.environ.update(env)
