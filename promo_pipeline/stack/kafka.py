@@ -28,6 +28,9 @@ class KafkaBroker(ProcessService):
     """A broker whose config, data, logs and pid file all live under `dir`."""
 
     name = "kafka"
+    # A JVM on a busy 2-core host can take a minute to open its listener; a broken one fails
+    # sooner (its process exits and the start reports that at once).
+    start_timeout = 180.0
     # KafkaException while the broker is still booting.
     not_ready_errors = (Exception,)
 

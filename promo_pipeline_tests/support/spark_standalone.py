@@ -51,7 +51,7 @@ class SparkStandalone(Service):
 
     name = "spark standalone"
     scheme = "spark"
-    start_timeout = 90.0
+    start_timeout = 240.0
     ready_interval = 0.5
 
     def __init__(self, dir: Path, workers: int = 2, cores: int = 1, memory: str = "1g") -> None:
