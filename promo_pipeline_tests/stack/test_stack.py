@@ -160,9 +160,10 @@ def test_second_stack_gets_other_ports(
 def _spark_jobs(stack: LocalStack) -> int:
     """Jobs the Connect server's Spark application has run, from its own REST API."""
     base = f"http://127.0.0.1:{stack.spark_connect().ui_port}/api/v1/applications"
-    with urllib.request.urlopen(base, timeout=5) as response:
+    # The UI's first answer after the server starts can take seconds on a busy host.
+    with urllib.request.urlopen(base, timeout=60) as response:
         [app] = json.load(response)
-    with urllib.request.urlopen(f"{base}/{app['id']}/jobs", timeout=5) as response:
+    with urllib.request.urlopen(f"{base}/{app['id']}/jobs", timeout=60) as response:
         return len(json.load(response))
 
 
