@@ -153,16 +153,7 @@ def test_subscribe_adds_once_and_names_the_campaigns_it_will_get(
     assert "no active campaign of this restaurant" in out
 
     active = campaign(restaurant_id=restaurant)
-    pipeline.sql(
-        "INSERT INTO promo.campaigns (adv_campaign_id, restaurant_id, adv_campaign_content, "
-        "adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, "
-        "adv_campaign_datetime_end, datetime_created, kafka_partition, kafka_offset) "
-        "VALUES (%(adv_campaign_id)s, %(restaurant_id)s, %(adv_campaign_content)s, "
-        "%(adv_campaign_owner)s, %(adv_campaign_owner_contact)s, "
-        "%(adv_campaign_datetime_start)s, %(adv_campaign_datetime_end)s, "
-        "%(datetime_created)s, 0, 0)",
-        active,
-    )
+    insert_campaign(pipeline, active)
     assert main(["subscribe", client.upper(), restaurant]) == 0
     out = capsys.readouterr().out
     assert "was already subscribed" in out
