@@ -296,11 +296,13 @@ class SparkResource(LazyPySparkResource):
 
 
 class StateResource(ConfigurableResource):
-    """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be."""
+    """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be, and
+    from what outbox size Spark sends the triggers."""
 
     state_dir: str
     max_offsets_per_trigger: int
     trigger_slice_rows: int
+    push_spark_min_triggers: int
 
     @property
     def checkpoint_dir(self) -> str:
@@ -359,6 +361,7 @@ STATE_ENV = {
     "state_dir": "PROMO_STATE_DIR",
     "max_offsets_per_trigger": "PROMO_MAX_OFFSETS_PER_TRIGGER",
     "trigger_slice_rows": "PROMO_TRIGGER_SLICE_ROWS",
+    "push_spark_min_triggers": "PROMO_PUSH_SPARK_MIN_TRIGGERS",
 }
 
 

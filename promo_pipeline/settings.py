@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         gt=0,
         description="triggers per committed slice of a fan-out (bounds a run's memory)",
     )
+    promo_push_spark_min_triggers: int = Field(
+        2_000_000,
+        ge=0,
+        description="outboxes of at least this many triggers go to Kafka through Spark's "
+        "Kafka writer on the executors; smaller ones the run sends itself (0: always Spark)",
+    )
     promo_reject_warn_ratio: float = Field(
         0.1, ge=0, le=1, description="share of rejected input above which a check warns"
     )

@@ -83,3 +83,43 @@ def produce_all(
                 break
             except BufferError:
                 producer.poll(0.05)
+
+
+# The run's own producer of triggers keeps the guarantees of Spark's Kafka writer (acks=all,
+# idempotent, lz4) and its partition for a key (murmur2, the Java client's partitioner), so a
+# client's triggers land on the same partition whichever path sent them. Only failed messages
+# report back, and the local queue is bounded (64 MiB), so memory stays flat at any size.
+TRIGGER_PRODUCER = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 20,
+    "batch.size": 1 << 20,
+    "compression.type": "lz4",
+    "partitioner": "murmur2_random",
+    "message.timeout.ms": 45_000,
+    "queue.buffering.max.kbytes": 64 * 1024,
+    "delivery.report.only.error": True,
+}
+
+
+class TriggerProducer:
+    """Sends (key, value) messages to one topic and, on `flush`, waits until Kafka acknowledged
+    every one, or raises naming the failures; a caller forgets what it sent only after that."""
+
+    def __init__(self, kafka: KafkaResource, topic: str) -> None:
+        self.topic = topic
+        self.where = kafka.bootstrap_servers
+        self.errors = DeliveryErrors()
+        self.producer = Producer(kafka.client_config(**TRIGGER_PRODUCER, on_delivery=self.errors))
+
+    def send(self, messages: Iterable[tuple[bytes, bytes]]) -> None:
+        produce_all(self.producer, self.topic, messages)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        left = self.producer.flush(timeout)
+        if left or self.errors:
+            shown = "; ".join(dict.fromkeys(self.errors[:100])) or "no answer"
+            raise KafkaException(
+                f"Kafka at {self.where} did not acknowledge {left or len(self.errors)} messages "
+                f"to {self.topic}: {shown}"
+            )

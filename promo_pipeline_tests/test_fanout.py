@@ -4,6 +4,7 @@ survives a killed run. The slice size is set small so a handful of subscribers s
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -74,12 +75,46 @@ def test_run_after_one_new_subscription_reads_only_it(pipeline: Pipeline) -> Non
     assert metric(summary, "triggers", "new_subscription_ids") == 2
     assert metric(summary, "feedback_sink", "rows_written") == 1
     assert metric(summary, "push_sink", "sent_this_run") == 1
+    assert metric(summary, "push_sink", "spark_jobs") == 0  # one message: the run sends it
     assert (active["adv_campaign_id"], newcomer) in pipeline.pairs()
     assert len(pipeline.pairs()) == 6
 
     summary = pipeline.run_ok()
     assert metric(summary, "triggers", "new_subscription_ids") == 0
     assert metric(summary, "feedback_sink", "rows_written") == 0
+
+
+def test_a_resend_by_spark_is_the_run_sends_bytes_on_the_same_partition(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small outbox is sent by the run, a large one by Spark's Kafka writer: whichever path
+    sends a trigger again, it is the same message on the same partition."""
+    active = campaign()
+    clients = [new_uuid() for _ in range(12)]
+    pipeline.subscribe(*[(client, active["restaurant_id"]) for client in clients])
+    pipeline.publish(active)
+    summary = pipeline.run_ok()
+    assert metric(summary, "push_sink", "spark_jobs") == 0
+    assert metric(summary, "push_sink", "sent_this_run") == 12
+
+    # The same triggers queued again, as a run that died before Kafka's acknowledgement leaves
+    # them, and sent by Spark this time.
+    pipeline.sql(
+        "INSERT INTO promo.trigger_outbox (run_id, adv_campaign_id, client_first, client_last, "
+        "trigger_time, triggers) SELECT 'died', adv_campaign_id, min(client_id), max(client_id), "
+        "min(trigger_datetime_created), count(*) FROM public.subscribers_feedback GROUP BY 2"
+    )
+    monkeypatch.setenv("PROMO_PUSH_SPARK_MIN_TRIGGERS", "1")
+    summary = pipeline.run_ok()
+    assert metric(summary, "push_sink", "spark_jobs") == 1
+    assert metric(summary, "push_sink", "resent_from_earlier_runs") == 12
+
+    copies: dict[bytes, list[tuple[int, bytes]]] = defaultdict(list)
+    for message in pipeline.output():
+        copies[message.key()].append((message.partition(), message.value()))
+    assert set(copies) == {client.encode() for client in clients}
+    assert all(len(sent) == 2 and sent[0] == sent[1] for sent in copies.values()), copies
+    assert len({partition for sent in copies.values() for partition, _ in sent}) > 1
 
 
 @pytest.mark.timeout(900)

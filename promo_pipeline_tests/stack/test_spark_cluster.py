@@ -74,7 +74,9 @@ def test_pipeline_on_standalone_cluster_with_two_workers(
     # No locality wait: a task goes to whichever executor is free, so a small run's few tasks
     # are not all kept on the executor Spark prefers for the Kafka partitions.
     submit = "--conf spark.locality.wait=0 pyspark-shell"
-    run = promo_run({**os.environ, "SPARK_MASTER": cluster.url, "PYSPARK_SUBMIT_ARGS": submit})
+    # Every outbox through Spark's Kafka writer, so the Kafka sink's tasks run on the workers too.
+    spark_env = {"SPARK_MASTER": cluster.url, "PROMO_PUSH_SPARK_MIN_TRIGGERS": "0"}
+    run = promo_run({**os.environ, **spark_env, "PYSPARK_SUBMIT_ARGS": submit})
     assert run.returncode == 0, run.stdout + run.stderr[-5000:]
     assert "SUCCESS" in run.stdout
     print(f"run on the standalone cluster: {time.monotonic() - started:.1f} s")

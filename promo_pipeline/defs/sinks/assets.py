@@ -2,15 +2,20 @@
 
 The Postgres sink writes the due triggers slice by slice (see `promo_pipeline.fanout`): each
 slice's rows, its `promo.trigger_outbox` entry and the fan-out progress commit together. The
-Kafka sink sends the outbox slices with Spark's Kafka writer, each slice one task reading its
-rows from Postgres, and deletes the entries only once Kafka acknowledged all of their messages;
-a run that dies in between leaves them, and the next run sends them again, built by the same
-query from the stored rows, so the resent messages are byte-identical.
+Kafka sink sends the outbox slices and deletes the entries only once Kafka acknowledged all of
+their messages: a small outbox (the steady state: a few new subscriptions) from the run itself,
+streamed from Postgres, as a Spark job would take seconds to start for it; a large one with
+Spark's Kafka writer, each slice one task reading its rows from Postgres, so a cluster's
+executors share the work. A run that dies in between leaves the entries, and the next run sends
+them again, built by the same query from the stored rows, so the resent messages are
+byte-identical whichever path sends them.
 """
 
 import time
 
-from dagster import AssetExecutionContext, MaterializeResult, asset
+import psycopg
+from confluent_kafka import KafkaException
+from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from promo_pipeline.defs.triggers.assets import triggers
 from promo_pipeline.fanout import (
@@ -28,6 +33,7 @@ from promo_pipeline.resources import (
     SparkResource,
     StateResource,
 )
+from promo_pipeline.topics import TriggerProducer
 
 # Spark's Kafka producer, with bounded waits: an unreachable broker fails the run in under a
 # minute rather than hanging it; the outbox keeps the triggers for the next run. The messages
@@ -132,8 +138,8 @@ def push_jobs(
     kinds={"spark", "kafka"},
     deps=[feedback_sink],
     description="Every trigger committed to Postgres and not yet acknowledged by Kafka, sent to "
-    "the output topic keyed by client_id by Spark's Kafka writer: each outbox slice is one "
-    "task that reads its rows from Postgres and writes them to Kafka.",
+    "the output topic keyed by client_id: a large outbox by Spark's Kafka writer (each outbox "
+    "slice one task that reads its rows from Postgres), a small one by the run itself.",
 )
 def push_sink(
     context: AssetExecutionContext,
@@ -160,23 +166,17 @@ def push_sink(
         fault_point("push_sink.start")  # test-only; no-op unless PROMO_FAULT_AT is set
         entries = {slice_id: (run_id, count) for slice_id, run_id, count in pending}
         jobs = push_jobs(pending, PUSH_TASKS * state.trigger_slice_rows, PUSH_TASKS)
+        # A Spark job takes seconds to start: worth it only for a large outbox, which a
+        # cluster's executors then share.
+        total = sum(count for _, count in entries.values())
+        by_spark = bool(jobs) and total >= state.push_spark_min_triggers
+        producer = TriggerProducer(kafka, kafka.output_topic) if jobs and not by_spark else None
         for job in jobs:
-            with spark.failing_fast():
-                (
-                    spark.spark_session.read.jdbc(
-                        postgres.jdbc_url,
-                        OUTBOX_MESSAGES,
-                        predicates=[f"slice_id IN ({', '.join(map(str, ids))})" for ids in job],
-                        properties=postgres.jdbc_properties(fetchsize="10000"),
-                    )
-                    .selectExpr("CAST(key AS BINARY) AS key", "CAST(value AS BINARY) AS value")
-                    .write.format("kafka")
-                    .options(**kafka.spark_options())
-                    .options(**PRODUCER_OPTIONS)
-                    .option("topic", kafka.output_topic)
-                    .save()
-                )
             done = [slice_id for ids in job for slice_id in ids]
+            if producer is None:
+                send_with_spark(spark, postgres, kafka, job)
+            else:
+                send_from_run(conn, producer, done)
             conn.execute("DELETE FROM promo.trigger_outbox WHERE slice_id = ANY(%s)", (done,))
             for slice_id in done:
                 run_id, count = entries[slice_id]
@@ -184,10 +184,8 @@ def push_sink(
                 sent_this_run += count if run_id == context.run_id else 0
             fault_point("push_sink.mid")  # test-only; no-op unless PROMO_FAULT_AT is set
     seconds = round(time.monotonic() - started, 3)
-    context.log.info(
-        f"push sink: {sent} messages in {len(pending)} slices, {len(jobs)} Spark jobs, "
-        f"in {seconds} s"
-    )
+    how = f"{len(jobs)} Spark jobs" if by_spark else f"{len(jobs)} batches sent by the run"
+    context.log.info(f"push sink: {sent} messages in {len(pending)} slices, {how}, in {seconds} s")
     return MaterializeResult(
         metadata={
             "dagster/row_count": sent,
@@ -196,7 +194,46 @@ def push_sink(
             "resent_from_earlier_runs": sent - sent_this_run,
             "earlier_runs_resent": len(earlier_runs),
             "slices": len(pending),
-            "spark_jobs": len(jobs),
+            "spark_jobs": len(jobs) if by_spark else 0,
+            "sent_by": "spark" if by_spark else "run",
             "seconds": seconds,
         }
     )
+
+
+def send_with_spark(
+    spark: SparkResource, postgres: PostgresResource, kafka: KafkaResource, job: list[list[int]]
+) -> None:
+    """One Spark job: each task reads its slices' messages over JDBC and writes them to Kafka."""
+    with spark.failing_fast():
+        (
+            spark.spark_session.read.jdbc(
+                postgres.jdbc_url,
+                OUTBOX_MESSAGES,
+                predicates=[f"slice_id IN ({', '.join(map(str, ids))})" for ids in job],
+                properties=postgres.jdbc_properties(fetchsize="10000"),
+            )
+            .selectExpr("CAST(key AS BINARY) AS key", "CAST(value AS BINARY) AS value")
+            .write.format("kafka")
+            .options(**kafka.spark_options())
+            .options(**PRODUCER_OPTIONS)
+            .option("topic", kafka.output_topic)
+            .save()
+        )
+
+
+def send_from_run(
+    conn: psycopg.Connection, producer: TriggerProducer, slice_ids: list[int]
+) -> None:
+    """The slices' messages streamed from Postgres (a server-side cursor: one fetch in memory)
+    to Kafka, all acknowledged on return; Spark's query, so the same bytes."""
+    with conn.transaction(), conn.cursor(name="push_sink_outbox") as cursor:
+        cursor.itersize = 10_000
+        cursor.execute(
+            f"SELECT key, value FROM {OUTBOX_MESSAGES} WHERE slice_id = ANY(%s)", (slice_ids,)
+        )
+        producer.send((key.encode(), value.encode()) for key, value in cursor)
+    try:
+        producer.flush()
+    except KafkaException as error:
+        raise Failure(f"{error}; the outbox keeps them for the next run") from None
