@@ -14,9 +14,10 @@ makes the point raise instead, which inside a Spark task is a real executor task
 Driver points (`fault_point`): `campaign_batch.committed` (a micro-batch's Postgres work is
 committed, Spark's checkpoint commit is not yet written), `feedback_sink.slice` (after each
 committed slice of the Postgres sink), `feedback_sink.committed` (after its last slice),
-`push_sink.start` (before the Kafka sink's first Spark job) and `push_sink.mid` (after each of
-its Spark jobs, once acknowledged and its outbox entries deleted: a test stops the run at the
-first, the rest not yet sent). A point reached again after its release passes straight on.
+`push_sink.start` (before the Kafka sink's first batch) and `push_sink.mid` (after each of
+its batches, sent by the run or as a Spark job, once acknowledged and its outbox entries
+deleted: a test stops the run at the first, the rest not yet sent). A point reached again after
+its release passes straight on.
 Task points (`fault_rows`): `<where>.start`, reached inside every Spark task of the job that
 reads the DataFrame: `campaign_batch.start` (reading a micro-batch's rows).
 """
