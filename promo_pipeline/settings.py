@@ -76,8 +76,10 @@ class Settings(BaseSettings):
         gt=0,
         description="triggers per committed slice of a fan-out (bounds a run's memory)",
     )
+    # On one host the run's own producer is faster at every size measured (bench/README.md):
+    # Spark's writer pays off only where a cluster's workers share a large send.
     promo_push_spark_min_triggers: int = Field(
-        2_000_000,
+        50_000_000,
         ge=0,
         description="outboxes of at least this many triggers go to Kafka through Spark's "
         "Kafka writer on the executors; smaller ones the run sends itself (0: always Spark)",
