@@ -82,3 +82,23 @@ def test_a_replication_factor_the_cluster_cannot_meet_fails(
     settings = _fresh_topics(monkeypatch, PROMO_TOPIC_REPLICATION_FACTOR="3")
     with pytest.raises(KafkaException, match=r"(?i)replication factor"):
         prepare(settings)
+
+
+def test_trigger_producer_names_the_unacknowledged_messages_and_the_brokers() -> None:
+    """Nothing listens at the address: the flush fails naming how many and where, so the
+    Kafka sink keeps their outbox entries."""
+    import socket
+
+    from promo_pipeline.resources import KafkaResource
+    from promo_pipeline.topics import TriggerProducer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    kafka = KafkaResource(
+        bootstrap_servers=address, input_topic="in", output_topic="out", dlq_topic="dlq"
+    )
+    producer = TriggerProducer(kafka, "out")
+    producer.send([(b"a", b"1"), (b"b", b"2")])
+    with pytest.raises(KafkaException, match=rf"Kafka at {address} did not acknowledge 2 messages"):
+        producer.flush(timeout=2)

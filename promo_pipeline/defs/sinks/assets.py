@@ -48,9 +48,9 @@ PRODUCER_OPTIONS = {
     "kafka.delivery.timeout.ms": "45000",
     "kafka.max.block.ms": "15000",
 }
-# Tasks per Spark job of the Kafka sink, so the cores write in parallel; a job carries about
-# this many slices' worth of triggers (a failed job resends at most these), and many small
-# slices share a task rather than one task each.
+# Tasks per Spark job of the Kafka sink, so the cores write in parallel; a job (or a batch the
+# run sends itself) carries about this many slices' worth of triggers (a failed one resends at
+# most these), and many small slices share a task rather than one task each.
 PUSH_TASKS = 4
 
 
@@ -111,7 +111,7 @@ def feedback_sink(
 def push_jobs(
     pending: list[tuple[int, str, int]], rows_per_job: int, tasks: int
 ) -> list[list[list[int]]]:
-    """The outbox slices (slice_id, run_id, triggers), oldest first, as Spark jobs of about
+    """The outbox slices (slice_id, run_id, triggers), oldest first, as batches of about
     `rows_per_job` triggers; each job's slices dealt to at most `tasks` tasks of even size."""
     jobs: list[list[tuple[int, str, int]]] = []
     total = rows_per_job
