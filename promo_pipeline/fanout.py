@@ -143,15 +143,19 @@ WHERE {active_at("%(t)s")} AND fanout_through IS NOT NULL AND fanout_through < %
 # The output messages of the outbox slices, read back from the ledger: the key and the seed's
 # JSON, built by Postgres from the stored row (row_to_json keeps the column order and writes
 # it compactly), so a first send and any resend are the same bytes. A JDBC "table": readers
-# add `WHERE slice_id = ...`, which Postgres pushes down to the outbox's primary key.
+# add `WHERE slice_id = ...`, which Postgres pushes down to the outbox's primary key. Each
+# slice is its own range scan of the pair index (`OFFSET 0` keeps the planner from turning it
+# into a join it cannot estimate, which chose a scan of the whole ledger for one new message).
 _MESSAGE_FIELDS = ", ".join("f." + name for name in TRIGGER_COLUMNS)
 OUTBOX_MESSAGES = f"""(
     SELECT o.slice_id, f.client_id AS key, row_to_json(m)::text AS value
     FROM promo.trigger_outbox o
-    JOIN public.subscribers_feedback f
-      ON f.adv_campaign_id = o.adv_campaign_id
-     AND f.client_id BETWEEN o.client_first AND o.client_last
-     AND f.trigger_datetime_created = o.trigger_time,
+    CROSS JOIN LATERAL (
+        SELECT * FROM public.subscribers_feedback x
+        WHERE x.adv_campaign_id = o.adv_campaign_id
+          AND x.client_id BETWEEN o.client_first AND o.client_last
+          AND x.trigger_datetime_created = o.trigger_time
+        OFFSET 0) f,
     LATERAL (SELECT {_MESSAGE_FIELDS}) m
 ) outbox_messages"""
 
