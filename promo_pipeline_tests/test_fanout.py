@@ -89,10 +89,7 @@ def test_a_resend_by_spark_is_the_run_sends_bytes_on_the_same_partition(
 ) -> None:
     """A small outbox is sent by the run, a large one by Spark's Kafka writer: whichever path
     sends a trigger again, it is the same message on the same partition."""
-    active = campaign()
-    clients = [new_uuid() for _ in range(12)]
-    pipeline.subscribe(*[(client, active["restaurant_id"]) for client in clients])
-    pipeline.publish(active)
+    clients = [client for _, client in pipeline.publish_active(campaigns=1, clients=12)]
     summary = pipeline.run_ok()
     assert metric(summary, "push_sink", "spark_jobs") == 0
     assert metric(summary, "push_sink", "sent_this_run") == 12
@@ -178,14 +175,12 @@ def test_rows_written_by_hand_above_the_id_sequence_do_not_stop_the_sink(
             "VALUES (%s, 'r', %s, 'c', 'o', 'oc', 1, 2, 1, %s, 1)",
             (manual_id, new_uuid(), new_uuid()),
         )
-    second = campaign()
-    clients = [new_uuid() for _ in range(3)]
-    pipeline.subscribe(*[(client, second["restaurant_id"]) for client in clients])
-    pipeline.publish(second)
+    due = pipeline.publish_active(campaigns=1, clients=3)
+    clients = [client for _, client in due]
     summary = pipeline.run_ok()
 
     assert metric(summary, "feedback_sink", "id_sequence_moved_from") == 2
-    assert {(second["adv_campaign_id"], c) for c in clients} <= pipeline.pairs()
+    assert due <= pipeline.pairs()
     sent = {m.key().decode() for m in pipeline.output()}
     assert set(clients) <= sent
     assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(0,)]
