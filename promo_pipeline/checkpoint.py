@@ -333,3 +333,39 @@ def record_offsets(
             "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             [(run_id, topic, topic_id, p, s, e) for p, (s, e) in sorted(ranges.items())],
         )
+
+
+def commit_group_offsets(kafka: KafkaResource, offsets: dict[int, int]) -> str | None:
+    """Commit the checkpoint's read positions of the input topic to `kafka.consumer_group`, so
+    kafka-consumer-groups, Burrow and Kafka UIs show the pipeline's lag; None when committed,
+    else why not.
+
+    Informational only: Spark never reads it back (the checkpoint stays the truth), so a failed
+    commit is reported, never fatal. No subscription: a commit to a group without members
+    needs none.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    if not offsets:
+        return None
+    consumer = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": kafka.consumer_group,
+                "enable.auto.commit": False,
+                "socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000),
+                "log_level": 0,
+            }
+        )
+    )
+    try:
+        committed = consumer.commit(
+            offsets=[TopicPartition(kafka.input_topic, p, o) for p, o in sorted(offsets.items())],
+            asynchronous=False,
+        )
+        failed = [f"p{tp.partition}: {tp.error}" for tp in committed or [] if tp.error]
+        return "; ".join(failed) or None
+    except KafkaException as error:
+        return str(error.args[0] if error.args else error)
+    finally:
+        consumer.close()

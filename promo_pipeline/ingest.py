@@ -53,7 +53,7 @@ class IngestTarget:
     in a Python worker next to the server, not in this process."""
 
     conninfo: str
-    kafka_config: dict[str, Any]
+    kafka_config: dict[str, Any] = field(repr=False)  # secrets among them
     dlq_topic: str
     run_id: str
 

@@ -17,6 +17,7 @@ from dagster import ConfigurableResource, EnvVar, Failure, InitResourceContext
 from dagster_pyspark import LazyPySparkResource
 from pydantic import PrivateAttr
 
+from promo_pipeline.kafka_config import java_properties, masked, read_properties
 from promo_pipeline.settings import Settings, checkpoint_dir, split_list
 
 
@@ -73,13 +74,22 @@ class KafkaResource(ConfigurableResource):
     sasl_username: str = ""
     sasl_password: str = ""
     ssl_ca_location: str = ""
+    # The file's path only: its values (secrets among them) are read where a client is made,
+    # so they never become resource config the UI shows.
+    properties_file: str = ""
     input_topic: str
     output_topic: str
     dlq_topic: str
+    consumer_group: str = "promo_pipeline"
+
+    def properties(self) -> dict[str, str]:
+        """KAFKA_PROPERTIES_FILE's properties, librdkafka names (none without the file)."""
+        return read_properties(self.properties_file) if self.properties_file else {}
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
-        """Configuration for confluent-kafka clients."""
-        config: dict[str, Any] = {
+        """Configuration for confluent-kafka clients: the named settings, the properties file,
+        then what the caller's role needs (`extra`)."""
+        config: dict[str, Any] = self.properties() | {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
         }
@@ -160,7 +170,21 @@ class KafkaResource(ConfigurableResource):
                 "kafka.ssl.truststore.type": "PEM",
                 "kafka.ssl.truststore.location": self.ssl_ca_location,
             }
-        return options
+        java = java_properties(
+            self.properties(), where=f"KAFKA_PROPERTIES_FILE {self.properties_file}"
+        )
+        return options | {f"kafka.{name}": value for name, value in java.items()}
+
+    def described(self) -> str:
+        """The client settings in one line for the run's log, secrets masked."""
+        shown = masked(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "security.protocol": self.security_protocol,
+            }
+            | self.properties()
+        )
+        return ", ".join(f"{name}={value}" for name, value in shown.items())
 
 
 class PipelineLockResource(ConfigurableResource):
@@ -331,6 +355,10 @@ def spark_config(settings: Settings) -> dict[str, str]:
         "spark.log.level": "WARN",
         "spark.driver.memory": "2g",
         "spark.sql.streaming.stopGracefullyOnShutdown": "true",
+        # Options shown in plans and the UI: Spark's default (url) and the Kafka client's
+        # secrets, matched by name or value (a PEM key's text, a JAAS line's password).
+        "spark.sql.redaction.options.regex": r"(?i)url|jaas|password|secret|keystore\.key"
+        r"|PRIVATE KEY",
     }
     if settings.spark_master.startswith("sc://"):
         sql = {key: value for key, value in config.items() if key.startswith("spark.sql.")}
@@ -353,9 +381,11 @@ KAFKA_ENV = {
     "sasl_username": "KAFKA_SASL_USERNAME",
     "sasl_password": "KAFKA_SASL_PASSWORD",
     "ssl_ca_location": "KAFKA_SSL_CA_LOCATION",
+    "properties_file": "KAFKA_PROPERTIES_FILE",
     "input_topic": "PROMO_INPUT_TOPIC",
     "output_topic": "PROMO_OUTPUT_TOPIC",
     "dlq_topic": "PROMO_DLQ_TOPIC",
+    "consumer_group": "PROMO_CONSUMER_GROUP",
 }
 STATE_ENV = {
     "state_dir": "PROMO_STATE_DIR",

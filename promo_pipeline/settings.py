@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from promo_pipeline.kafka_config import read_properties
+
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
@@ -38,6 +40,17 @@ class Settings(BaseSettings):
     kafka_sasl_username: str = Field("", description="SASL user")
     kafka_sasl_password: str = Field("", repr=False, description="SASL password (secret)")
     kafka_ssl_ca_location: str = Field("", description="PEM file of the CA that signed the brokers")
+    kafka_properties_file: str = Field(
+        "",
+        description="key=value file of further Kafka client properties, librdkafka names "
+        "(client certificate, client.id, ...); carried to Spark's Kafka client too",
+    )
+    promo_consumer_group: str = Field(
+        "promo_pipeline",
+        min_length=1,
+        description="consumer group the read positions are committed to after each run, for "
+        "lag tools (informational: Spark's checkpoint stays the source of truth)",
+    )
     promo_input_topic: str = Field("promo_campaigns", description="topic restaurants publish to")
     promo_output_topic: str = Field("promo_triggers", description="topic the push service reads")
     promo_dlq_topic: str = Field("promo_campaigns_dlq", description="rejected input, with reason")
@@ -124,6 +137,13 @@ class Settings(BaseSettings):
             raise ValueError(f"no such file: {value}")
         return value
 
+    @field_validator("kafka_properties_file")
+    @classmethod
+    def _properties(cls, value: str) -> str:
+        if value:
+            read_properties(value)  # a property Spark cannot carry fails here, in one line
+        return value
+
     @field_validator("promo_spark_jars")
     @classmethod
     def _jars(cls, value: str) -> str:
@@ -141,6 +161,16 @@ class Settings(BaseSettings):
                         f"{name.upper()} is required when KAFKA_SECURITY_PROTOCOL="
                         f"{self.kafka_security_protocol}"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _one_ca(self) -> Settings:
+        given = read_properties(self.kafka_properties_file) if self.kafka_properties_file else {}
+        if self.kafka_ssl_ca_location and "ssl.ca.pem" in given:
+            raise ValueError(
+                "KAFKA_SSL_CA_LOCATION and ssl.ca.pem in KAFKA_PROPERTIES_FILE both name "
+                "the brokers' CA; keep one"
+            )
         return self
 
     @model_validator(mode="after")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import threading
 from typing import Any
 
 from promo_pipeline.cli.common import add_command
@@ -38,6 +40,54 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """the numbers to alert on, in Prometheus' text format
+
+    Input lag per partition, the outbox backlog and its oldest trigger's age, fan-outs in
+    progress, seconds since the last successful run (with DAGSTER_HOME set), triggers written
+    and rejected messages by reason. Printed once; with --textfile written atomically for
+    node_exporter's textfile collector (run it from cron or a timer); with --serve an HTTP
+    endpoint that computes them afresh on each scrape (loopback unless --bind says otherwise).
+    Example alert rules: docs/alerts.md.
+
+    examples:
+    promo metrics
+    promo metrics --textfile /var/lib/node_exporter/textfile/promo.prom
+    promo metrics --serve 9464
+    """
+    from prometheus_client import generate_latest, start_http_server, write_to_textfile
+
+    from promo_pipeline.metrics import registry
+
+    settings = load_settings()
+    require_topic(settings, settings.promo_input_topic)
+    metrics = registry(settings)
+    if args.serve is not None:
+        server, _ = start_http_server(args.serve, addr=args.bind, registry=metrics)
+        host, port = server.server_address[:2]
+        print(f"serving metrics on http://{host}:{port}/metrics (Ctrl-C stops)", flush=True)
+        try:
+            threading.Event().wait()
+        finally:
+            server.shutdown()
+    if args.textfile:
+        write_to_textfile(args.textfile, metrics)
+        return 0
+    sys.stdout.write(generate_latest(metrics).decode())
+    return 0
+
+
 def add_parser(commands: Any) -> None:
     status = add_command(commands, "status", cmd_status)
     status.add_argument("--json", action="store_true", help="one JSON object, for jq")
+    metrics = add_command(commands, "metrics", cmd_metrics)
+    where = metrics.add_mutually_exclusive_group()
+    where.add_argument(
+        "--serve", type=int, metavar="PORT", help="serve /metrics on PORT (0: any free port)"
+    )
+    where.add_argument(
+        "--textfile", metavar="PATH", help="write to PATH (*.prom) for the textfile collector"
+    )
+    metrics.add_argument(
+        "--bind", default="127.0.0.1", help="address --serve listens on (default 127.0.0.1)"
+    )

@@ -11,6 +11,7 @@ from promo_pipeline.checkpoint import (
     CheckpointError,
     InputError,
     InputPlan,
+    commit_group_offsets,
     committed_offsets,
     describe_gaps,
     plan_input,
@@ -50,6 +51,7 @@ def campaign_batch(
 ) -> MaterializeResult:
     # The run's first Kafka contact: unreachable brokers or rejected credentials stop it here,
     # with the reason, before Spark starts or anything is written.
+    context.log.info(f"Kafka client: {kafka.described()}")
     kafka.check_access()
     target = IngestTarget(
         conninfo=postgres.conninfo(),
@@ -64,8 +66,17 @@ def campaign_batch(
     progress = (
         _read(context, spark, kafka, state, plan, target) if plan.waiting or plan.recreated else []
     )
-    ranges = offsets_read(progress, before, committed_offsets(state.checkpoint_dir))
+    after = committed_offsets(state.checkpoint_dir)
+    ranges = offsets_read(progress, before, after)
     record_offsets(target.conninfo, context.run_id, kafka.input_topic, plan.topic_id, ranges)
+    group_error = commit_group_offsets(
+        kafka, {p: o for (topic, p), o in after.items() if topic == kafka.input_topic}
+    )
+    if group_error:
+        context.log.warning(
+            f"read positions not committed to consumer group {kafka.consumer_group} (lag tools "
+            f"show stale lag; the checkpoint is unaffected): {group_error}"
+        )
     tally = CampaignTally.of_run(target.conninfo, context.run_id)
     held, expired, active = campaign_windows(target.conninfo, ranges)
     context.log.info(
@@ -73,7 +84,10 @@ def campaign_batch(
         f"{tally.valid} valid, {tally.rejected_total} rejected; of the campaigns read "
         f"{active} active, {held} held for later, {expired} expired"
     )
-    return MaterializeResult(metadata=_metadata(tally, (held, expired, active), ranges, plan))
+    metadata = _metadata(tally, (held, expired, active), ranges, plan)
+    metadata["consumer_group"] = kafka.consumer_group
+    metadata["consumer_group_committed"] = group_error is None
+    return MaterializeResult(metadata=metadata)
 
 
 def _plan(
