@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -63,6 +64,11 @@ class PostgresResource(ConfigurableResource):
             "ApplicationName": "promo_pipeline_spark",
             **extra,
         }
+
+
+# A TLS alert the broker sent, in librdkafka's error text (42: bad certificate, 116:
+# certificate required, 48: unknown CA).
+TLS_ALERT = re.compile(r"ssl/tls alert [a-z ]+?: SSL alert number \d+|tlsv13 alert [a-z ]+")
 
 
 class KafkaResource(ConfigurableResource):
@@ -133,7 +139,19 @@ class KafkaResource(ConfigurableResource):
                 if error.code() == KafkaError._SSL:
                     raise Failure(
                         f"{where}: TLS handshake failed: {error.str()}. Check "
-                        "KAFKA_SSL_CA_LOCATION (the CA that signed the brokers' certificates)."
+                        "KAFKA_SSL_CA_LOCATION (the CA that signed the brokers' certificates) "
+                        "and, where the brokers require one, the client certificate in "
+                        "KAFKA_PROPERTIES_FILE."
+                    )
+                alert = TLS_ALERT.search(error.str())
+                if alert:
+                    # The broker ended the handshake: with TLS 1.3 librdkafka sees that only
+                    # after it, as a transport error, and would retry it forever.
+                    raise Failure(
+                        f"{where} refused the TLS connection ({alert.group(0)}): the brokers "
+                        "require a client certificate signed by a CA they trust. Check "
+                        "ssl.certificate.location and ssl.key.location in KAFKA_PROPERTIES_FILE; "
+                        "nothing was read or written."
                     )
         shown = "; ".join(dict.fromkeys(e.str() for e in errors)) or last
         raise Failure(f"{where} did not answer within {timeout:.0f} s: {shown}")
