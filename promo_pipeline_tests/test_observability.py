@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -81,6 +82,41 @@ def test_consumer_group_lag_matches_promo_status(pipeline: Pipeline, group: str)
     committed, lag = group_lag(pipeline, group)
     assert sum(committed.values()) == 7 and sum(lag.values()) == 0
     assert lag == status_lag(pipeline)
+
+
+def test_a_refused_group_commit_is_reported_and_fails_nothing(
+    pipeline: Pipeline, group: str, dagster_home: Path
+) -> None:
+    """The group is informational: when Kafka refuses the commit (here: the group has a live
+    member elsewhere), the run still succeeds, and says so in a warning and its metadata."""
+    from confluent_kafka import Consumer
+    from dagster import AssetKey, DagsterInstance
+
+    member = Consumer(
+        kafka_resource(pipeline.settings).client_config(
+            **{"group.id": group, "enable.auto.commit": False, "session.timeout.ms": 45000}
+        )
+    )
+    try:
+        member.subscribe([pipeline.settings.promo_dlq_topic])
+        deadline = time.monotonic() + 60
+        while not member.assignment() and time.monotonic() < deadline:
+            member.poll(0.5)
+        assert member.assignment(), "the member never joined its group"
+        active = campaign()
+        pipeline.subscribe((new_uuid(), active["restaurant_id"]))
+        pipeline.publish(active)
+        pipeline.run_ok()
+        assert len(pipeline.pairs()) == 1
+    finally:
+        member.close()
+    with DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(AssetKey("campaign_batch"))
+        metadata = event.asset_materialization.metadata
+        logs = [e.message for e in instance.all_logs(event.run_id) if e.message]
+    assert metadata["consumer_group_committed"].value is False
+    assert metadata["consumer_group"].value == group
+    assert any(f"not committed to consumer group {group}" in line for line in logs), logs
 
 
 def families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
