@@ -212,3 +212,27 @@ def alert_rules() -> list[dict[str, str]]:
     text = (REPO / "docs" / "alerts.md").read_text()
     [block] = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
     return [rule for group in yaml.safe_load(block)["groups"] for rule in group["rules"]]
+
+
+def test_metrics_before_any_success_and_on_a_corrupt_checkpoint(
+    pipeline: Pipeline, dagster_home: Path
+) -> None:
+    """No successful run yet reads +Inf (an alert fires), not 0 or nothing; a checkpoint Spark
+    cannot read gives no lag samples (not a false 0) and raises the corrupt flag."""
+    pipeline.publish(campaign(), key=b"a")
+    before = families(promo_metrics().stdout)
+    assert before["promo_seconds_since_last_success"] == {(): float("inf")}
+    assert sum(before["promo_input_lag_messages"].values()) == 1
+    assert before["promo_campaigns_rejected"] == {}
+    assert before["promo_input_checkpoint_corrupt"] == {(): 0}
+
+    pipeline.run_ok()
+    offsets = Path(state_resource(pipeline.settings).checkpoint_dir, "offsets")
+    newest = max((p for p in offsets.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    newest.write_text("v1\nnot json\n")
+    after = promo_metrics()
+    assert after.returncode == 0, after.stderr
+    metrics = families(after.stdout)
+    assert metrics["promo_input_checkpoint_corrupt"] == {(): 1}
+    assert metrics["promo_input_lag_messages"] == {}
+    assert 0 <= metrics["promo_seconds_since_last_success"][()] < 300
