@@ -31,7 +31,17 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_help_explains_each_command_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("send", "tail", "subscribe", "status", "run", "stack", "rewind", "dlq"):
+    for command in (
+        "send",
+        "tail",
+        "subscribe",
+        "status",
+        "metrics",
+        "run",
+        "stack",
+        "rewind",
+        "dlq",
+    ):
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0
