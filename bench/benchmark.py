@@ -637,8 +637,10 @@ def freshness(base: dict[str, str], work: Path, trials: int, out: Path) -> dict[
         env["SPARK_MASTER"] = CONNECT["url"]
     log = (work / f"{name}_daemon.log").open("w")
     daemon = subprocess.Popen(
-        [str(Path(PYTHON).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"],
-        cwd=REPO,
+        [str(Path(PYTHON).with_name("dagster-daemon")), "run", "-w", str(REPO / "workspace.yaml")],
+        # Not the checkout: Dagster loads a .env from its working folder over this env, and
+        # `promo stack up` writes one there for the default stack.
+        cwd=work,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

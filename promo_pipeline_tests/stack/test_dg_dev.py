@@ -14,13 +14,10 @@ from dotenv import dotenv_values
 
 from promo_pipeline.cli.stack import DOTENV_MARK
 from promo_pipeline.stack import LocalStack
-from promo_pipeline_tests.support.dagster import dg_dev, dg_project, graphql
+from promo_pipeline_tests.support.dagster import STACK_PREFIXES, dg_dev, dg_project, graphql
 from promo_pipeline_tests.support.stack import destroy
 
 pytestmark = [pytest.mark.stack, pytest.mark.daemon]
-
-# Every variable `promo stack up` sets, and what would point promo at another stack.
-STACK_PREFIXES = ("KAFKA_", "POSTGRES_", "PROMO_", "SPARK_", "DAGSTER_")
 
 LOCATIONS = """{ workspaceOrError { ... on Workspace { locationEntries {
   name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""

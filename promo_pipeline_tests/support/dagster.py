@@ -31,16 +31,23 @@ from promo_pipeline.stack._proc import stop_process_group
 from promo_pipeline_tests.support.pipeline import REPO, Pipeline
 
 DONE = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+# The prefixes of every variable `promo stack up` sets, and of what would point promo at
+# another stack: a `dg dev` meant to read a .env gets an environment without them.
+STACK_PREFIXES = ("KAFKA_", "POSTGRES_", "PROMO_", "SPARK_", "DAGSTER_")
 
 
 @contextmanager
 def dagster_daemon(log_file: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`dagster-daemon run` on the repo's workspace, in its own process group (it starts the
-    code server, which starts each run's worker)."""
+    code server, which starts each run's worker).
+
+    It runs in the log's folder, not the checkout: Dagster loads a .env from its working folder
+    over the test's environment, and `promo stack up` writes one there for the default stack."""
+    workspace = REPO / "workspace.yaml"
     with log_file.open("w") as log:
         daemon = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"],
-            cwd=REPO,
+            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)],
+            cwd=log_file.parent,
             env=dict(os.environ),
             stdout=log,
             stderr=subprocess.STDOUT,
