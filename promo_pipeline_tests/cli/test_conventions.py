@@ -172,3 +172,19 @@ def test_exports_and_env_files_give_back_every_value_unchanged(tmp_path: Path) -
     write_env_file(tmp_path / ".env", AWKWARD, header="# a header")
     assert dotenv_values(tmp_path / ".env") == AWKWARD
     assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(("master", "noted"), [("local[2]", True), ("sc://127.0.0.1:1", False)])
+def test_stack_status_names_the_engine_the_last_up_chose(
+    master: str, noted: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stack status` has no --spark: the engine is the one `up` wrote to stack.env."""
+    from promo_pipeline.stack import LocalStack
+
+    stack = LocalStack(tmp_path / "stack")
+    stack._load_config()  # its ports and password, as a first `up` writes them
+    write_env_file(stack.env_file, {"SPARK_MASTER": master})
+    assert main(["stack", "status", "--dir", str(stack.dir)]) == 0
+    [connect] = [line for line in capsys.readouterr().out.splitlines() if "spark connect" in line]
+    assert connect.startswith("spark connect stopped")
+    assert connect.endswith("(runs use a local session)") == noted, connect
