@@ -10,9 +10,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/promo
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY promo_pipeline ./promo_pipeline
-RUN pip install --no-cache-dir ".[docker]"
+# Every dependency at the version the tests ran on (constraints.txt, from scripts/constraints).
+RUN pip install --no-cache-dir -c constraints.txt ".[docker]"
 # promo_pipeline/definitions.py loads the defs folder with dg's loader, which reads [tool.dg] from
 # the pyproject.toml above the package: it goes next to the installed package, as the wheels of
 # create-dagster's project template ship it.

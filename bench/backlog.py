@@ -3,7 +3,7 @@
 Publishes N campaign messages (a share of them invalid) and loads M subscriptions into a
 private local stack, then runs the job once as a child process with a bounded
 PROMO_MAX_OFFSETS_PER_TRIGGER, sampling the resident memory of the run's whole process tree
-(Python driver, Spark JVM, Spark's Python workers) from /proc. Prints the peak RSS, the time to
+(Python driver, Spark JVM, Spark's Python workers) with psutil. Prints the peak RSS, the time to
 drain and the counts, and checks the counts are exactly what the data implies.
 
 Most campaigns are expired or held for later, as in a real backlog; only `--active-share` of
@@ -27,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import psycopg
 from confluent_kafka import Producer
 
@@ -41,7 +42,6 @@ from promo_pipeline.topics import ensure_topics, produce_all  # noqa: E402
 from promo_pipeline_tests.support.stack import destroy  # noqa: E402
 
 SUBSCRIBERS_PER_RESTAURANT = 10
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def new_id(rng: random.Random) -> str:
@@ -137,30 +137,19 @@ def generate(
 
 def tree_rss(root: int) -> dict[str, int]:
     """Resident bytes of `root` and its descendants, by kind (python / jvm / other)."""
-    children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-        names[int(entry.name)] = stat[stat.index("(") + 1 : stat.rindex(")")]
     usage = {"python": 0, "jvm": 0, "other": 0}
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
+    try:
+        parent = psutil.Process(root)
+        tree = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return usage
+    for process in tree:
         try:
-            pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
+            name, rss = process.name(), process.memory_info().rss
+        except psutil.NoSuchProcess:
             continue
-        name = names.get(pid, "")
         kind = "jvm" if name == "java" else "python" if name.startswith("python") else "other"
-        usage[kind] += pages * PAGE
+        usage[kind] += rss
     return usage
 
 

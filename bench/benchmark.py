@@ -2,7 +2,7 @@
 
 Same generated data, same local stack, contenders interleaved. Each contender runs in its own
 process (as the sensor's run would), on a fresh database and fresh topics; the process tree's
-peak RSS is sampled from /proc. After each run both sinks are counted: Postgres must hold
+peak RSS is sampled with psutil. After each run both sinks are counted: Postgres must hold
 exactly one row per expected trigger, Kafka at least one message per trigger.
 
     .venv/bin/python bench/benchmark.py              # quick: small + medium, 1 repetition
@@ -22,7 +22,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -243,33 +243,17 @@ class PeakRss:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def _tree(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    stat = Path(entry.path, "stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-        tree, todo = [], [self.pid]
-        while todo:
-            pid = todo.pop()
-            tree.append(pid)
-            todo.extend(children.get(pid, []))
-        return tree
-
     def _loop(self) -> None:
         while not self._stop.is_set():
             total = 0
-            for pid in self._tree():
-                try:
-                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1]) * 1024
-                except OSError:
-                    pass
+            try:
+                root = psutil.Process(self.pid)
+                tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                tree = []
+            for process in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += process.memory_info().rss
             self.peak = max(self.peak, total)
             self._stop.wait(0.2)
 
@@ -653,8 +637,10 @@ def freshness(base: dict[str, str], work: Path, trials: int, out: Path) -> dict[
         env["SPARK_MASTER"] = CONNECT["url"]
     log = (work / f"{name}_daemon.log").open("w")
     daemon = subprocess.Popen(
-        [str(Path(PYTHON).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"],
-        cwd=REPO,
+        [str(Path(PYTHON).with_name("dagster-daemon")), "run", "-w", str(REPO / "workspace.yaml")],
+        # Not the checkout: Dagster loads a .env from its working folder over this env, and
+        # `promo stack up` writes one there for the default stack.
+        cwd=work,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -717,7 +703,7 @@ def freshness(base: dict[str, str], work: Path, trials: int, out: Path) -> dict[
     finally:
         stop_process_group(daemon.pid, timeout=30)
         daemon.wait(10)
-        stop_leftovers(f"DAGSTER_HOME={home}".encode())
+        stop_leftovers(home)
         log.close()
         consumer.close()
         drop(slot)
@@ -740,16 +726,17 @@ def freshness(base: dict[str, str], work: Path, trials: int, out: Path) -> dict[
     return summary
 
 
-def stop_leftovers(marker: bytes) -> None:
+def stop_leftovers(dagster_home: Path) -> None:
     """The daemon's gRPC code server runs in a process group of its own and outlives the
     daemon; stop every process of ours whose environment names this run's DAGSTER_HOME."""
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker in Path(entry.path, "environ").read_bytes().split(b"\0"):
-                    os.kill(int(entry.name), signal.SIGTERM)
-            except OSError:
-                pass
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get("DAGSTER_HOME") == str(dagster_home):
+                process.terminate()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
 
 
 def instance_for(home: Path, dagster_db: str, slot: Slot) -> Any:

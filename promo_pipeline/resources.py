@@ -70,6 +70,14 @@ class PostgresResource(ConfigurableResource):
 # certificate required, 48: unknown CA).
 TLS_ALERT = re.compile(r"ssl/tls alert [a-z ]+?: SSL alert number \d+|tlsv13 alert [a-z ]+")
 
+# librdkafka's own log lines (`%4|...|GETPID|... Coordinator load in progress: retrying`), as
+# records of this logger at their syslog level. It shows errors only unless logging is set up
+# otherwise: librdkafka warns about what it retries itself, and what fails for good reaches the
+# caller as an exception, a delivery error or a failed check.
+LIBRDKAFKA_LOG = logging.getLogger("promo_pipeline.librdkafka")
+if LIBRDKAFKA_LOG.level == logging.NOTSET:
+    LIBRDKAFKA_LOG.setLevel(logging.ERROR)
+
 
 class KafkaResource(ConfigurableResource):
     """Brokers and topics; one place turns the settings into client and Spark options."""
@@ -94,10 +102,12 @@ class KafkaResource(ConfigurableResource):
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
         """Configuration for confluent-kafka clients: the named settings, the properties file,
-        then what the caller's role needs (`extra`)."""
+        then what the caller's role needs (`extra`); their log lines go to Python logging
+        (`LIBRDKAFKA_LOG`) instead of raw to stderr."""
         config: dict[str, Any] = self.properties() | {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
+            "logger": LIBRDKAFKA_LOG,
         }
         if self.security_protocol.startswith("SASL_"):
             config |= {
@@ -116,7 +126,7 @@ class KafkaResource(ConfigurableResource):
         metadata is requested in short rounds and the callback's errors are checked in between.
         """
         errors: list[KafkaError] = []
-        quiet = logging.getLogger("promo_pipeline.librdkafka")
+        quiet = logging.getLogger("promo_pipeline.librdkafka.check_access")
         quiet.setLevel(logging.CRITICAL)
         admin = AdminClient(self.client_config(error_cb=errors.append, logger=quiet))
         where = f"Kafka at {self.bootstrap_servers} ({self.security_protocol})"

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     postgres_user: str = Field("promo", min_length=1, description="database user")
     postgres_password: str = Field("", repr=False, description="database password (secret)")
     promo_state_dir: Path = Field(
-        Path(".promo/state"), description="Spark checkpoint and staged data (shared storage)"
+        Path(".promo/state"),
+        description="Spark checkpoint, checkpoints set aside, a rewind's start (shared storage)",
     )
     spark_master: str = Field(
         "local[2]",

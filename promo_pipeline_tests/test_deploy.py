@@ -14,11 +14,15 @@ import re
 import secrets
 import shutil
 import subprocess
+import tomllib
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from promo_pipeline.settings import Settings
 from promo_pipeline.stack import maven
@@ -90,12 +94,21 @@ def compose() -> list[str]:
 def compose_config(
     compose: list[str], env: dict[str, str], *extra_files: Path
 ) -> subprocess.CompletedProcess[str]:
-    """`docker compose config` in a clean environment: only PATH, HOME and `env`; the repo's
-    compose file, then `extra_files` layered over it."""
+    """`docker compose config` in a clean environment: only PATH, HOME and `env` (not the
+    checkout's .env, which `promo stack up` may have written); the repo's compose file, then
+    `extra_files` layered over it."""
     clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), **env}
     files = [REPO / "docker-compose.yml", *extra_files]
     return subprocess.run(
-        [*compose, *(arg for f in files for arg in ("-f", str(f))), "config", "--format", "json"],
+        [
+            *compose,
+            "--env-file",
+            os.devnull,
+            *(arg for f in files for arg in ("-f", str(f))),
+            "config",
+            "--format",
+            "json",
+        ],
         cwd=REPO,
         env=clean,
         capture_output=True,
@@ -251,6 +264,51 @@ def test_runs_get_containers_of_their_own(resolved: tuple[dict[str, Any], str]) 
     docker_instance = yaml.safe_load((REPO / "docker" / "dagster.yaml").read_text())
     del docker_instance["run_launcher"]
     assert docker_instance == yaml.safe_load((REPO / "dagster.yaml").read_text())
+
+
+def constraints() -> dict[str, str]:
+    """constraints.txt as {normalized name: version}."""
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, pinned = line.partition("==")
+            assert pinned, f"constraints.txt: not an exact pin: {line!r}"
+            pins[canonicalize_name(name)] = pinned
+    return pins
+
+
+def test_image_installs_the_pinned_versions_the_tests_ran_on() -> None:
+    """The Dockerfile and bootstrap install with constraints.txt; it pins every requirement of
+    the image (pyproject's dependencies and [docker] extra) at a version the requirement
+    allows, and the test environment holds those very versions."""
+    assert (
+        'pip install --no-cache-dir -c constraints.txt ".[docker]"'
+        in (REPO / "Dockerfile").read_text()
+    )
+    assert "pip install -q -c constraints.txt" in (REPO / "scripts" / "bootstrap").read_text()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = constraints()
+    for text in [*project["dependencies"], *project["optional-dependencies"]["docker"]]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"constraints.txt lacks {requirement.name}: run scripts/constraints"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, pyproject wants {text!r}: "
+            "run scripts/constraints"
+        )
+    differ = {
+        name: (pinned, installed)
+        for name, pinned in pins.items()
+        if (installed := _installed(name)) is not None and installed != pinned
+    }
+    assert differ == {}, f"this environment is not the image's (scripts/bootstrap): {differ}"
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 def test_docker_instance_validates_with_dagster_docker(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,7 +75,7 @@ def test_cli_and_code_location_fail_at_start_naming_the_variable(
     cli = subprocess.run(
         [sys.executable, "-m", "promo_pipeline.cli", "run"], capture_output=True, text=True
     )
-    assert cli.returncode == 2
+    assert cli.returncode == 1
     assert cli.stderr.strip().splitlines() == [
         "promo: invalid settings: POSTGRES_PORT: Input should be a valid integer, unable to "
         "parse string as an integer ('abc')"

@@ -1,8 +1,10 @@
+# PYTHON_ARGCOMPLETE_OK
 """`promo`: the local stack, the tables, one run of the job, a demo on sample data, and the
 operator's recovery tools (rewind the input, replay dead letters)."""
 
 # The docstring above is `promo --help`'s description. Each verb group's module adds its own
 # commands (`add_parser`); this module only assembles them and turns errors into one line.
+# The marker on the first line lets argcomplete's global activation complete `promo`.
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import NoReturn
+
+import argcomplete
 
 from promo_pipeline.cli import messages, recovery, run, stack, status
 from promo_pipeline.cli.common import UserError
@@ -33,9 +38,13 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         epilog="examples:\n  promo stack up && promo send promo_pipeline/sample/campaigns.jsonl "
         "&& promo run\n  promo tail --from-beginning -n 5\n  promo status\n"
-        "Settings come from the environment, else from .promo/stack.env.",
+        "Settings come from the environment, else from .promo/stack.env.\n"
+        "Exit status: 0 done, 1 failed (a service, a setting, the data), 2 a wrong command "
+        "line.\n"
+        'Tab completion in bash: eval "$(register-python-argcomplete promo)"',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    top.add_argument("--version", action="version", version=f"promo {version('promo_pipeline')}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in VERB_GROUPS:
         group.add_parser(commands)
@@ -46,12 +55,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("py4j", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = parser().parse_args(argv)
+    top = parser()
+    # Answers a shell's completion request and exits; does nothing otherwise.
+    argcomplete.autocomplete(top)
+    args = top.parse_args(argv)
     try:
         return args.func(args)
-    except (SettingsError, UserError) as error:
+    except UserError as error:
         print(f"promo: {error}", file=sys.stderr)
-        return 2
+        return error.exit_status
+    except SettingsError as error:
+        print(f"promo: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as error:

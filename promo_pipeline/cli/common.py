@@ -17,8 +17,17 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 class UserError(Exception):
-    """Something the user can fix (a wrong argument, a stack that is down): one line, no
-    traceback."""
+    """Something the user can fix that stopped the command (a stack that is down, a missing
+    topic, a held lock): one line, no traceback, exit status 1."""
+
+    exit_status = 1
+
+
+class UsageError(UserError):
+    """The command line itself is wrong (a malformed argument, a file that cannot be read):
+    exit status 2, as argparse's own usage errors."""
+
+    exit_status = 2
 
 
 def add_command(commands: Any, name: str, handler: Handler) -> argparse.ArgumentParser:
@@ -40,11 +49,16 @@ def add_command(commands: Any, name: str, handler: Handler) -> argparse.Argument
     return command
 
 
+def add_dir_option(command: argparse.ArgumentParser) -> None:
+    """`--dir`, for the commands that act on a local stack's folder."""
+    command.add_argument("--dir", help=f"stack folder (default {DEFAULT_STACK_DIR}/)")
+
+
 def add_stack_options(command: argparse.ArgumentParser) -> None:
     """`--dir` and `--spark`, for the commands that start the local stack."""
     from promo_pipeline.stack.local import SPARK_ENGINES
 
-    command.add_argument("--dir", help=f"stack folder (default {DEFAULT_STACK_DIR}/)")
+    add_dir_option(command)
     command.add_argument(
         "--spark",
         choices=SPARK_ENGINES,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from promo_pipeline.cli.common import UserError, add_command
+from promo_pipeline.cli.common import UsageError, UserError, add_command
 from promo_pipeline.cli.kafka import Publisher, require_topic
 from promo_pipeline.settings import Settings, load_settings
 
@@ -68,7 +68,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         try:
             source = open(args.file, encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as error:
-            raise UserError(f"cannot read {args.file}: {error.strerror}") from None
+            raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
         with source:
             try:
                 count = send(settings, source, key=args.key, progress=True)
@@ -201,7 +201,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     promo tail                         # new triggers, until Ctrl-C
     promo tail --from-beginning -n 10  # the first 10 triggers
     promo tail --dlq --from-beginning -e  # every rejected message, then exit
-    promo tail --dlq --from-beginning -e -J | jq -r .headers["promo.reject.code"]
+    promo tail --dlq --from-beginning -e -J | jq -r '.headers["promo.reject.code"]'
     """
     tail(
         load_settings(),
@@ -218,7 +218,7 @@ def _uuid_argument(name: str, value: str) -> str:
     from promo_pipeline.schema import UUID_PATTERN
 
     if not UUID_PATTERN.match(value):
-        raise UserError(
+        raise UsageError(
             f"{name} must be a UUID like 023e4567-e89b-12d3-a456-426614174000: {value!r}"
         )
     return value.lower()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from promo_pipeline.cli.common import UserError, add_command
+from promo_pipeline.cli.common import UsageError, UserError, add_command
 from promo_pipeline.cli.kafka import Publisher, require_topic
 from promo_pipeline.settings import Settings, load_settings
 
@@ -23,7 +23,7 @@ READ_TIMEOUT_S = 60
 
 
 def _parse_offsets(value: str) -> dict[int, int]:
-    problem = UserError(f"--to-offsets expects PARTITION:OFFSET,... (e.g. 0:10,1:4): {value!r}")
+    problem = UsageError(f"--to-offsets expects PARTITION:OFFSET,... (e.g. 0:10,1:4): {value!r}")
     try:
         pairs = [item.split(":") for item in value.split(",") if item.strip()]
         offsets = {int(p): int(o) for p, o in pairs}
@@ -41,7 +41,7 @@ def _parse_time(value: str) -> int:
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise UserError(
+        raise UsageError(
             f"--to-time expects epoch seconds or an ISO time like 2026-11-26T09:00:00Z: {value!r}"
         ) from None
     if when.tzinfo is None:
@@ -107,11 +107,11 @@ def _rewind_target(
     if to_offsets is not None:
         unknown = sorted(set(to_offsets) - set(watermarks))
         if unknown:
-            raise UserError(f"topic {topic} has no partition {unknown[0]}")
+            raise UsageError(f"topic {topic} has no partition {unknown[0]}")
         past = {p: o for p, o in to_offsets.items() if o > watermarks[p][1]}
         if past:
             p, o = min(past.items())
-            raise UserError(f"offset {o} is past the end of {topic} p{p} ({watermarks[p][1]})")
+            raise UsageError(f"offset {o} is past the end of {topic} p{p} ({watermarks[p][1]})")
         return {p: to_offsets.get(p, EARLIEST) for p in watermarks}
     if to_time_ms is None:
         return {p: EARLIEST for p in watermarks}

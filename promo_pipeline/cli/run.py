@@ -6,13 +6,14 @@ import argparse
 import csv
 import logging
 import os
+import shlex
 import time
 from importlib import resources as package_files
 from typing import Any
 
 from promo_pipeline.cli.common import UserError, add_command, add_stack_options, stack_dir
 from promo_pipeline.cli.messages import send
-from promo_pipeline.cli.stack import prepare
+from promo_pipeline.cli.stack import prepare, share_settings
 from promo_pipeline.settings import Settings, load_settings
 
 
@@ -164,7 +165,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from promo_pipeline.stack import LocalStack
 
     stack = LocalStack(stack_dir(args), spark=args.spark)
-    os.environ.update(stack.up())
+    env = stack.up()
+    os.environ.update(env)
+    shared = share_settings(args, env)
     settings = load_settings(export=True)
     prepare(settings)
     print(f"sample subscriptions loaded: {load_sample_subscribers(settings)}")
@@ -180,11 +183,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nlatest triggers in public.subscribers_feedback ({len(rows)} shown):")
     for campaign, client, created in rows:
         print(f"  campaign {campaign}  client {client}  at {created}")
+    ui = (
+        ".venv/bin/dg dev"
+        if shared
+        else f'eval "$(.venv/bin/promo stack up --dir {shlex.quote(str(stack.dir))})"; '
+        ".venv/bin/dg dev"
+    )
     print(
         "\nOpen the Dagster UI (runs, lineage, the sensor):\n"
-        f"  set -a; . {stack.env_file}; set +a; .venv/bin/dagster dev -w workspace.yaml\n"
+        f"  {ui}\n"
         "  then browse http://127.0.0.1:3000\n"
-        f"Stop the stack with: .venv/bin/promo stack down --dir {stack.dir}"
+        f"Stop the stack with: .venv/bin/promo stack down --dir {shlex.quote(str(stack.dir))}"
     )
     return 0 if success else 1
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dotenv import dotenv_values
+
 from promo_pipeline.stack import maven
 from promo_pipeline.stack._proc import pick_free_ports, port_is_free
 from promo_pipeline.stack.kafka import KafkaBroker
@@ -40,6 +42,17 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+def write_env_file(path: Path, settings: dict[str, str], header: str | None = None) -> None:
+    """`NAME='VALUE'` lines, private: python-dotenv (pydantic-settings' and Dagster's .env
+    reader) takes a single-quoted value literally, escapes aside, and so does `set -a; . FILE`
+    for every value the stack produces (paths with spaces included)."""
+    lines = [] if header is None else [header]
+    for name, value in settings.items():
+        quoted = value.replace("\\", "\\\\").replace("'", "\\'")
+        lines.append(f"{name}='{quoted}'")
+    _write_private(path, "".join(f"{line}\n" for line in lines))
 
 
 # "connect": a long-lived Spark Connect server that every run uses (warm: no JVM start per
@@ -186,7 +199,7 @@ class LocalStack:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._prepare_dagster_home(pg)
             settings = self.settings()
-            _write_private(self.env_file, "".join(f"{k}={v}\n" for k, v in settings.items()))
+            write_env_file(self.env_file, settings)
             log.info("stack up in %s (settings in %s)", self.dir, self.env_file)
             return settings
 
@@ -226,6 +239,10 @@ class LocalStack:
         config = self._load_config()
         pg, kafka = self._services(config)
         connect = self._spark_connect(config)
+        # The engine the last `up` chose, as it wrote it; not this handle's (status has no
+        # --spark).
+        written = dotenv_values(self.env_file) if self.env_file.exists() else {}
+        local_runs = (written.get("SPARK_MASTER") or "").startswith("local")
         return [
             (
                 "postgres",
@@ -241,7 +258,7 @@ class LocalStack:
                 "spark connect",
                 connect.is_running(),
                 f"{connect.url} pid {connect.pid() or '-'} log {connect.log_file}"
-                + ("" if self.spark == "connect" else " (runs use a local session)"),
+                + (" (runs use a local session)" if local_runs else ""),
             ),
         ]
 

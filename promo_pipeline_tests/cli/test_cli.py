@@ -146,7 +146,7 @@ def test_tail_status_after_a_run_and_errors(
         "(see promo tail --help)"
     )
     monkeypatch.setenv("PROMO_OUTPUT_TOPIC", "no_such_topic")
-    assert main(["tail"]) == 2
+    assert main(["tail"]) == 1
     assert "topic no_such_topic does not exist" in one_line_error(capsys)
     monkeypatch.setenv("POSTGRES_PORT", "1")
     assert main(["status"]) == 1
@@ -226,7 +226,7 @@ def test_failed_runs_name_their_root_cause_in_one_line(
         assert "password authentication failed" in line and "check POSTGRES_*" in line, line
         # With a Dagster instance on the same database, the run cannot even be recorded.
         wrong.setenv("DAGSTER_HOME", str(dagster_home))
-        assert main(["run"]) == 2
+        assert main(["run"]) == 1
         assert one_line_error(capsys).startswith(
             f"promo: run not started: the Dagster instance in {dagster_home} cannot open its "
             'storage: connection to server at "127.0.0.1"'

@@ -10,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
@@ -49,29 +50,16 @@ def test_daemon_sensor_launches_job_and_trigger_reaches_both_sinks(
 
 
 def _parent(pid: int) -> int:
-    # /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ')'.
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    return psutil.Process(pid).ppid()
 
 
 def _cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return " ".join(psutil.Process(pid).cmdline())
 
 
 def _tree(root: int) -> list[int]:
     """`root` and every live descendant of it."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(_parent(int(entry.name)), []).append(int(entry.name))
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
+    return [root, *(child.pid for child in psutil.Process(root).children(recursive=True))]
 
 
 def test_run_killed_with_its_code_server_is_failed_and_a_later_run_does_the_work(

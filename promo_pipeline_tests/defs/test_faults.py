@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from promo_pipeline.stack import LocalStack
@@ -174,21 +175,11 @@ def cell_pipeline(
 
 def spark_jvms(root: int) -> list[int]:
     """The Spark driver JVMs (SparkSubmit) among the descendants of `root`."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        if pid != root and pid_alive(pid, "SparkSubmit"):
-            found.append(pid)
-    return found
+    try:
+        descendants = psutil.Process(root).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [child.pid for child in descendants if pid_alive(child.pid, "SparkSubmit")]
 
 
 def prepare(pipeline: Pipeline) -> set[tuple[str, str]]:

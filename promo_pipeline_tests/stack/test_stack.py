@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from dotenv import dotenv_values
 
 from promo_pipeline.stack import LocalStack
 from promo_pipeline.stack._proc import wait_until
@@ -80,8 +81,7 @@ def test_settings_and_env_file(stack: LocalStack, env: dict[str, str]) -> None:
     assert all(Path(j).is_absolute() and Path(j).is_file() for j in jars)
     for path in (stack.env_file, stack.config_file):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    lines = stack.env_file.read_text().splitlines()
-    assert lines == [f"{k}={v}" for k, v in env.items()]
+    assert dotenv_values(stack.env_file) == env
     assert [(name, running) for name, running, _ in stack.status()] == [
         ("postgres", True),
         ("kafka", True),

@@ -1,24 +1,24 @@
-"""The Dagster UI in a real browser: `dagster dev` on the project's workspace, Debian's Chromium
+"""The Dagster UI in a real browser, started as the README says: `dg dev` in a project folder
+whose .env (as `promo stack up` writes it) is its only source of settings; Debian's Chromium
 driven by playwright-core (ui/ui_check.mjs). The graph shows the five assets and their edges,
 the job launched from the UI succeeds, its trigger reaches both sinks, push_sink and triggers
-each materialized alone succeed, and the screenshots are kept in artifacts/ui/."""
+each materialized alone succeed, campaign_batch's numbers are plotted, and the screenshots are
+kept in artifacts/ui/ and, those the README shows, in docs/screenshots/."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
-from promo_pipeline.stack._proc import stop_process_group
+from promo_pipeline.cli.stack import DOTENV, DOTENV_MARK
+from promo_pipeline.stack.local import write_env_file
+from promo_pipeline_tests.support.dagster import STACK_PREFIXES, dg_dev, dg_project
 from promo_pipeline_tests.support.pipeline import SEED_CAMPAIGN, SEED_CLIENT, Pipeline
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark, pytest.mark.daemon]
@@ -26,6 +26,15 @@ pytestmark = [pytest.mark.stack, pytest.mark.spark, pytest.mark.daemon]
 REPO = Path(__file__).resolve().parents[2]
 UI_DIR = Path(__file__).resolve().parent
 ARTIFACTS = REPO / "artifacts" / "ui"
+# The screenshots the README shows, rewritten by every passing run.
+DOCS = REPO / "docs" / "screenshots"
+README_SHOTS = (
+    "01-asset-graph",
+    "03-run",
+    "04-push-sink-checks",
+    "05-campaign-batch",
+    "06-sensor",
+)
 CHROMIUM = Path("/usr/bin/chromium")
 
 EXPECTED_EDGES = [
@@ -35,27 +44,6 @@ EXPECTED_EDGES = [
     ["subscriber_snapshot", "triggers"],
     ["triggers", "feedback_sink"],
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_ui(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    """Poll until the webserver answers; fail with its log if it dies or never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"dagster dev exited:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"{url}/server_info", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"dagster dev did not answer in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def test_ui_shows_graph_launches_job_and_run_succeeds(
@@ -69,31 +57,13 @@ def test_ui_shows_graph_launches_job_and_run_succeeds(
     pipeline.subscribe((SEED_CLIENT, SEED_CAMPAIGN["restaurant_id"]))
     pipeline.publish(SEED_CAMPAIGN)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "dagster_dev.log"
-    log = log_path.open("w")
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster")),
-            "dev",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        started = time.monotonic()
-        wait_for_ui(url, server, log_path, timeout=180)
-        print(f"dagster dev answered after {time.monotonic() - started:.1f} s")
+    # The test's stack settings, written as `promo stack up` writes them; dg dev sees no other.
+    project = dg_project(tmp_path / "project")
+    settings = {k: v for k, v in os.environ.items() if k.startswith(STACK_PREFIXES)}
+    write_env_file(project / DOTENV, settings, header=DOTENV_MARK)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(STACK_PREFIXES)}
+    log_path = tmp_path / "dg_dev.log"
+    with dg_dev(project, clean, log_path) as url:
         if ARTIFACTS.exists():
             shutil.rmtree(ARTIFACTS)
         check = subprocess.run(
@@ -106,7 +76,7 @@ def test_ui_shows_graph_launches_job_and_run_succeeds(
         )
         print(check.stderr)
         assert check.returncode == 0, (
-            f"{check.stderr[-3000:]}\n--- dagster dev ---\n{log_path.read_text()[-3000:]}"
+            f"{check.stderr[-3000:]}\n--- dg dev ---\n{log_path.read_text()[-3000:]}"
         )
         seen = json.loads(check.stdout.strip().splitlines()[-1])
         assert seen["nodes"] == [
@@ -141,13 +111,15 @@ def test_ui_shows_graph_launches_job_and_run_succeeds(
             "02-job",
             "03-run",
             "04-push-sink-checks",
+            "05-campaign-batch",
+            "06-sensor",
             "07-push_sink-alone",
             "07-triggers-alone",
         ):
             assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000, name
-    finally:
-        # dagster dev stops its webserver, daemon and code server on SIGTERM; whatever is
-        # left after 20 s (a run worker, or SIGTERM ignored by the parent) is killed.
-        stop_process_group(server.pid, timeout=20)
-        server.wait(10)
-        log.close()
+        assert seen["plots"] > 0, "campaign_batch's Plots view drew no chart"
+    # dg dev took its settings from the .env alone.
+    assert "Loaded environment variables from .env file" in log_path.read_text()
+    # Passed: the README's screenshots are this run's.
+    for name in README_SHOTS:
+        shutil.copyfile(ARTIFACTS / f"{name}.png", DOCS / f"{name}.png")

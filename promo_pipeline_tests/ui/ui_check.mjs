@@ -6,7 +6,8 @@
 //   DAGSTER_URL=http://127.0.0.1:3000 ARTIFACTS_DIR=artifacts/ui node ui_check.mjs
 //
 // Prints one JSON line on stdout: {"nodes": [...], "edges": [[from, to], ...], "runId": "...",
-// "status": "...", "alone": {"push_sink": {"runId": "...", "status": "..."}, "triggers": ...}}.
+// "status": "...", "alone": {"push_sink": {"runId": "...", "status": "..."}, "triggers": ...},
+// "plots": <charts drawn in campaign_batch's Plots view>}.
 // Exits non-zero, after a screenshot of the page it was on, when a step fails.
 
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -148,8 +149,17 @@ try {
   await page.goto(`${url}/assets/push_sink?view=checks`);
   await page.getByText('triggers_in_both_sinks').first().waitFor();
   await shot('04-push-sink-checks');
+  // campaign_batch's numbers plotted over its materializations: the overview's Metadata
+  // section, switched from Table to Plots and scrolled to the top of the page.
   await page.goto(`${url}/assets/campaign_batch`);
-  await page.getByText('messages_read').first().waitFor().catch(() => log('no metadata shown'));
+  const plotsButton = page.getByRole('button', { name: 'Plots' }).first();
+  await plotsButton.click();
+  await page.getByText('Loading plots…').waitFor({ state: 'detached' }).catch(() => {});
+  await page.getByText('messages_read').first().waitFor();
+  await page.waitForTimeout(1000); // the charts' own entry animation
+  await plotsButton.evaluate((button) => button.scrollIntoView({ block: 'start' }));
+  const plots = await page.locator('canvas').count();
+  log(`campaign_batch plots: ${plots} charts`);
   await shot('05-campaign-batch');
 
   // Any asset on its own, as a Dagster user first tries: each reads its inputs from durable
@@ -179,7 +189,7 @@ try {
   await page.waitForLoadState('networkidle').catch(() => {});
   await shot('06-sensor');
 
-  process.stdout.write(`${JSON.stringify({ ...graph, runId, status, alone })}\n`);
+  process.stdout.write(`${JSON.stringify({ ...graph, runId, status, alone, plots })}\n`);
   failed = status !== 'Success' || Object.values(alone).some((run) => run.status !== 'Success');
 } catch (error) {
   failed = true;

@@ -224,7 +224,7 @@ def test_rewind_refuses_while_a_run_holds_the_lock_and_rereads_without_double_tr
 
     with psycopg.connect(_conninfo(pipeline), autocommit=True) as run_lock:
         run_lock.execute("SELECT pg_advisory_lock(hashtext(%s))", (PipelineLockResource.LOCK_KEY,))
-        assert main(["rewind", "--to-beginning"]) == 2
+        assert main(["rewind", "--to-beginning"]) == 1
         err = capsys.readouterr().err.strip()
         assert err == (
             "promo: a promo_pipeline run holds the pipeline lock; rewind refused (wait for the "
