@@ -13,7 +13,7 @@ from confluent_kafka import KafkaException, Producer
 from psycopg.types.json import Jsonb
 from pyspark.sql import DataFrame
 
-from promo_pipeline.fanout import active_at, db_now
+from promo_pipeline.fanout import active_at, db_now, held_at
 from promo_pipeline.faultpoints import fault_point, fault_rows
 from promo_pipeline.schema import (
     CAMPAIGN_COLUMNS,
@@ -224,10 +224,13 @@ def offsets_read(
     progress: list[dict[str, Any]],
     before: dict[tuple[str, int], int],
     after: dict[tuple[str, int], int],
+    initial: dict[tuple[str, int], int] | None = None,
 ) -> dict[int, tuple[int, int]]:
     """Per partition, the first offset this run read and the exclusive end: the checkpoint's
-    position before and after the run; on the very first run the start comes from the
-    query's first progress report (earliest available), else 0."""
+    position before and after the run; on a fresh checkpoint the start comes from the
+    query's first progress report, else from where the query started (`initial`, Spark's
+    sources/0/0: after a rewind to the end, the end), else 0."""
+    initial = initial or {}
     first: dict[tuple[str, int], int] = {}
     for report in progress:
         for source in report.get("sources", []):
@@ -238,15 +241,20 @@ def offsets_read(
                 for partition, offset in partitions.items():
                     first.setdefault((topic, int(partition)), int(offset))
     return {
-        partition: (before.get((topic, partition), first.get((topic, partition), 0)), end)
+        partition: (
+            before.get((topic, partition), first.get((topic, partition), 0))
+            if (topic, partition) in before or (topic, partition) in first
+            else min(end, initial.get((topic, partition), 0)),
+            end,
+        )
         for (topic, partition), end in sorted(after.items())
     }
 
 
 # Of the campaigns whose stored version came from the offsets this run read: which are held
-# (start in the future), expired (end passed) or active at `now`.
+# (due later, not cancelled), expired (end passed) or active at `now`.
 CAMPAIGN_WINDOWS = f"""
-SELECT count(*) FILTER (WHERE c.adv_campaign_datetime_start > %(now)s),
+SELECT count(*) FILTER (WHERE {held_at("%(now)s", "c")}),
        count(*) FILTER (WHERE c.adv_campaign_datetime_end <= %(now)s),
        count(*) FILTER (WHERE {active_at("%(now)s", "c")})
 FROM promo.campaigns c
@@ -257,7 +265,10 @@ JOIN unnest(%(partitions)s::int[], %(starts)s::int8[], %(ends)s::int8[]) AS r(p,
 
 def campaign_windows(conninfo: str, ranges: dict[int, tuple[int, int]]) -> tuple[int, int, int]:
     """(held, expired, active) among the campaigns read in `ranges`, now by the database's
-    clock (the one the triggers use)."""
+    clock (the one the triggers use); all 0 when nothing was read."""
+    ranges = {p: (start, end) for p, (start, end) in ranges.items() if end > start}
+    if not ranges:
+        return 0, 0, 0
     with psycopg.connect(conninfo) as conn:
         held, expired, active = conn.execute(
             CAMPAIGN_WINDOWS,

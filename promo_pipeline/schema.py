@@ -37,14 +37,19 @@ def _uuid(value: str) -> str:
     return value.lower()
 
 
+def epoch_out_of_range(value: int) -> str | None:
+    """Why `value` is no plausible time in epoch seconds, or None: the one rule for campaign
+    times and for the times an operator gives (`promo rewind --to-time`)."""
+    if EPOCH_MIN <= value <= EPOCH_MAX:
+        return None
+    unit = " (milliseconds? expected seconds)" if value >= EPOCH_MAX * 100 else ""
+    return f"{value} is outside 2000-01-01..2100-01-01 in epoch seconds{unit}"
+
+
 def _plausible(value: int) -> int:
-    if not EPOCH_MIN <= value <= EPOCH_MAX:
-        unit = " (milliseconds? expected seconds)" if value >= EPOCH_MAX * 100 else ""
-        raise PydanticCustomError(
-            "epoch_out_of_range",
-            "{value} is outside 2000-01-01..2100-01-01 in epoch seconds{unit}",
-            {"value": value, "unit": unit},
-        )
+    problem = epoch_out_of_range(value)
+    if problem:
+        raise PydanticCustomError("epoch_out_of_range", problem)
     return value
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -35,18 +36,28 @@ def _parse_offsets(value: str) -> dict[int, int]:
 
 
 def _parse_time(value: str) -> int:
-    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise), as epoch ms."""
-    if value.isdigit():
-        return int(value) * 1000
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise UserError(
-            f"--to-time expects epoch seconds or an ISO time like 2026-11-26T09:00:00Z: {value!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise), as epoch ms; a time
+    outside the range campaign times may have (a millisecond epoch, the far future) is
+    refused, as the input validation refuses it."""
+    from promo_pipeline.schema import epoch_out_of_range
+
+    if re.fullmatch(r"-?\d+", value.strip()):
+        seconds = int(value)
+    else:
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise UserError(
+                "--to-time expects epoch seconds or an ISO time like 2026-11-26T09:00:00Z: "
+                f"{value!r}"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = int(when.timestamp())
+    problem = epoch_out_of_range(seconds)
+    if problem:
+        raise UserError(f"--to-time {value}: {problem}")
+    return seconds * 1000
 
 
 def rewind(
@@ -54,18 +65,29 @@ def rewind(
     *,
     to_offsets: dict[int, int] | None = None,
     to_time_ms: int | None = None,
+    skip_unread: bool = False,
 ) -> str:
     """Set the checkpoint aside and name where the next run starts (all partitions at their
-    start unless offsets or a time say otherwise); refused while a run holds the lock."""
+    start unless offsets or a time say otherwise); refused while a run holds the lock, and,
+    unless `skip_unread`, when it would move past messages no run has read. What it skips is
+    recorded as a rewind event, which `promo status` shows."""
     import psycopg
 
-    from promo_pipeline.checkpoint import START_FILE, record_event, set_aside, topic_id
+    from promo_pipeline.checkpoint import (
+        START_FILE,
+        describe_gaps,
+        record_event,
+        set_aside,
+        topic_id,
+    )
     from promo_pipeline.db import conninfo
     from promo_pipeline.resources import PipelineLockResource, kafka_resource, state_resource
+    from promo_pipeline.work import topic_watermarks
 
     kafka = kafka_resource(settings)
     topic = kafka.input_topic
     require_topic(settings, topic)
+    checkpoint = state_resource(settings).checkpoint_dir
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
         # Held until the end of this block, so no run starts while the files move.
         key = PipelineLockResource.LOCK_KEY
@@ -74,36 +96,90 @@ def rewind(
                 "a promo_pipeline run holds the pipeline lock; rewind refused (wait for the run "
                 "to end: `promo status`)"
             )
-        target = _rewind_target(kafka, topic, to_offsets, to_time_ms)
-        moved = set_aside(state_resource(settings).checkpoint_dir, "rewound")
-        settings.promo_state_dir.mkdir(parents=True, exist_ok=True)
         identity = topic_id(kafka, topic)
+        watermarks = topic_watermarks(kafka, topic)
+        target = _rewind_target(kafka, topic, watermarks, to_offsets, to_time_ms)
+        where = ", ".join(
+            f"p{p} at {'its start' if o == EARLIEST else 'its end' if o == LATEST else o}"
+            for p, o in sorted(target.items())
+        )
+        skipped = _skipped(conn, kafka, checkpoint, identity, watermarks, target)
+        count = sum(end - start for start, end in skipped.values())
+        if count and not skip_unread:
+            raise UserError(
+                f"rewinding {topic} to read {where} skips {count} messages no run has read "
+                f"({describe_gaps(skipped)}); they would never be read: add --yes to skip "
+                "them (recorded in `promo status`), or rewind to an earlier point"
+            )
+        moved = set_aside(checkpoint, "rewound")
+        settings.promo_state_dir.mkdir(parents=True, exist_ok=True)
         offsets = {str(p): o for p, o in target.items()}
         (settings.promo_state_dir / START_FILE).write_text(
             json.dumps({"topic_id": identity, "offsets": {topic: offsets}})
         )
-        record_event(
-            conn, None, topic, "rewind", {"offsets": offsets, "old_checkpoint": str(moved)}
-        )
-    where = ", ".join(
-        f"p{p} at {'its start' if o == EARLIEST else 'its end' if o == LATEST else o}"
-        for p, o in sorted(target.items())
-    )
+        detail = {
+            "offsets": offsets,
+            "reads": where,
+            "old_checkpoint": str(moved) if moved else None,
+            "skipped": count,
+            "skipped_ranges": {str(p): [s, e] for p, (s, e) in sorted(skipped.items())},
+        }
+        record_event(conn, None, topic, "rewind", detail)
     kept = f"; the old checkpoint is kept in {moved}" if moved else ""
-    return f"rewound {topic}: the next run reads {where}{kept}"
+    lost = f"; SKIPPED {count} unread messages ({describe_gaps(skipped)})" if count else ""
+    return f"rewound {topic}: the next run reads {where}{lost}{kept}"
+
+
+def _skipped(
+    conn: Any,
+    kafka: KafkaResource,
+    checkpoint: str,
+    identity: str,
+    watermarks: dict[int, tuple[int, int]],
+    target: dict[int, int],
+) -> dict[int, tuple[int, int]]:
+    """Per partition, the offsets [from, to) that no run has read and the rewind moves past:
+    read means below the checkpoint (if it is this topic's and readable) or below what runs
+    recorded in promo.input_offsets."""
+    from promo_pipeline.checkpoint import (
+        CheckpointError,
+        committed_offsets,
+        recorded_reads,
+        recorded_topic_id,
+    )
+
+    topic = kafka.input_topic
+    read = recorded_reads(conn, topic, identity)
+    if recorded_topic_id(conn, topic) in (None, identity):
+        try:
+            done = committed_offsets(checkpoint)
+        except CheckpointError:
+            done = {}
+        for (name, p), o in done.items():
+            if name == topic:
+                read[p] = max(read.get(p, 0), o)
+    skipped = {}
+    for p, (low, high) in watermarks.items():
+        start = min(high, {EARLIEST: low, LATEST: high}.get(target[p], target[p]))
+        unread_from = max(low, read.get(p, 0))
+        if start > unread_from:
+            skipped[p] = (unread_from, start)
+    return skipped
 
 
 def _rewind_target(
-    kafka: KafkaResource, topic: str, to_offsets: dict[int, int] | None, to_time_ms: int | None
+    kafka: KafkaResource,
+    topic: str,
+    watermarks: dict[int, tuple[int, int]],
+    to_offsets: dict[int, int] | None,
+    to_time_ms: int | None,
 ) -> dict[int, int]:
     """Where each partition starts: the given offset, the first at or after the time, or
     the partition's start; UserError for a partition or offset the topic does not have."""
     from confluent_kafka import Consumer, TopicPartition
 
     from promo_pipeline.topics import KAFKA_TIMEOUT_S
-    from promo_pipeline.work import topic_watermarks
 
-    watermarks = topic_watermarks(kafka, topic)
     if to_offsets is not None:
         unknown = sorted(set(to_offsets) - set(watermarks))
         if unknown:
@@ -131,21 +207,25 @@ def cmd_rewind(args: argparse.Namespace) -> int:
 
     Set the Spark checkpoint aside (kept next to it) and name where the next run starts
     reading the input topic: its beginning, the first message at or after a time, or
-    given offsets. Refused while a run holds the pipeline lock. Re-read campaigns never
+    given offsets. Refused while a run holds the pipeline lock. A rewind that moves past
+    messages no run has read says how many and needs --yes; `promo status` then lists them
+    as skipped. Re-read campaigns never
     trigger twice: the ledger allows one trigger per campaign and client.
 
     examples:
     promo rewind --to-beginning
     promo rewind --to-time 2026-11-26T09:00:00Z
     promo rewind --to-offsets 0:10,1:10,2:6
+    promo rewind --to-time 2026-11-26T09:00:00Z --yes
     """
     settings = load_settings()
-    if args.to_offsets:
-        print(rewind(settings, to_offsets=_parse_offsets(args.to_offsets)))
-    elif args.to_time:
-        print(rewind(settings, to_time_ms=_parse_time(args.to_time)))
+    if args.to_offsets is not None:
+        target = {"to_offsets": _parse_offsets(args.to_offsets)}
+    elif args.to_time is not None:
+        target = {"to_time_ms": _parse_time(args.to_time)}
     else:
-        print(rewind(settings))
+        target = {}
+    print(rewind(settings, skip_unread=args.yes, **target))
     return 0
 
 
@@ -231,6 +311,9 @@ def add_parser(commands: Any) -> None:
     target.add_argument("--to-beginning", action="store_true", help="every partition's start")
     target.add_argument("--to-time", metavar="T", help="epoch seconds or ISO time (UTC)")
     target.add_argument("--to-offsets", metavar="P:O,...", help="offsets per partition")
+    rewind_.add_argument(
+        "--yes", action="store_true", help="skip the unread messages the rewind moves past"
+    )
     dlq = add_command(commands, "dlq", cmd_dlq)
     dlq.add_argument("action", choices=["replay"])
     dlq.add_argument("--reason", metavar="CODE", help="only this promo.reject.code")

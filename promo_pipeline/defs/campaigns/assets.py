@@ -13,6 +13,7 @@ from promo_pipeline.checkpoint import (
     InputPlan,
     committed_offsets,
     describe_gaps,
+    initial_offsets,
     plan_input,
     record_offsets,
 )
@@ -64,7 +65,12 @@ def campaign_batch(
     progress = (
         _read(context, spark, kafka, state, plan, target) if plan.waiting or plan.recreated else []
     )
-    ranges = offsets_read(progress, before, committed_offsets(state.checkpoint_dir))
+    ranges = offsets_read(
+        progress,
+        before,
+        committed_offsets(state.checkpoint_dir),
+        initial_offsets(state.checkpoint_dir),
+    )
     record_offsets(target.conninfo, context.run_id, kafka.input_topic, plan.topic_id, ranges)
     tally = CampaignTally.of_run(target.conninfo, context.run_id)
     held, expired, active = campaign_windows(target.conninfo, ranges)
