@@ -116,6 +116,23 @@ TRIGGER_COLUMNS: tuple[str, ...] = (
 )
 
 
+# Every `Rejection.code`, the DLQ's promo.reject.code header: `promo dlq replay --reason` takes
+# one of these.
+REJECTION_CODES = (
+    "tombstone",
+    "too_large",
+    "not_utf8",
+    "duplicate_key",
+    "not_json",
+    "not_object",
+    "missing_field",
+    "null_field",
+    "epoch_out_of_range",
+    "end_not_after_start",
+    "invalid_field",
+)
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Why a message was set aside: `code` is stable for counting, `detail` is for people."""
@@ -125,6 +142,10 @@ class Rejection:
     # For end_not_after_start: the message's fields, so the batch can treat it as the
     # cancellation of a campaign it already knows (README, "Cancelling a campaign").
     fields: CampaignFields | None = None
+
+    def __post_init__(self) -> None:
+        if self.code not in REJECTION_CODES:
+            raise ValueError(f"unknown rejection code {self.code!r}: add it to REJECTION_CODES")
 
     def __str__(self) -> str:
         return f"{self.code}: {self.detail}"

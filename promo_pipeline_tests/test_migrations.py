@@ -156,6 +156,7 @@ REVISIONS = [
     "0001_baseline",
     "0002_fanout_slices",
     "0003_input_position",
+    "0004_unsent_triggers_view",
 ]
 
 

@@ -8,6 +8,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -229,27 +230,105 @@ def cmd_rewind(args: argparse.Namespace) -> int:
     return 0
 
 
-def dlq_replay(settings: Settings, reason: str | None = None) -> tuple[int, int]:
-    """Re-send the DLQ's messages (those of one reason code, or all) to the input topic, key
-    and value unchanged, without the promo.* headers; returns (re-sent, left out)."""
-    from promo_pipeline.resources import kafka_resource
+# Replayed origins are marked after each chunk is acknowledged: a crash in between re-sends
+# at most one chunk on the next replay.
+REPLAY_CHUNK = 500
 
+MARK_REPLAYED = """
+INSERT INTO promo.dead_letters AS d (topic, topic_id, partition, "offset", code, replayed_at)
+VALUES (%s, %s, %s, %s, %s, now())
+ON CONFLICT (topic, topic_id, partition, "offset") DO UPDATE SET replayed_at = now()
+"""
+REPLAYED = """
+SELECT topic, topic_id, partition, "offset" FROM promo.dead_letters
+WHERE replayed_at IS NOT NULL
+  AND (topic, topic_id, partition, "offset") IN (
+      SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int8[]))
+"""
+
+Origin = tuple[str, str, int, int]  # input topic, its Kafka id, partition, offset
+
+
+@dataclass
+class Replay:
+    """What `promo dlq replay` did: re-sent, left out for another reason, and dead letters
+    whose origin an earlier replay (or this one) already re-sent."""
+
+    sent: int = 0
+    other_reasons: int = 0
+    replayed_before: int = 0
+
+
+def dlq_replay(settings: Settings, reason: str | None = None) -> Replay:
+    """Re-send the DLQ's messages (those of one reason code, or all) to the input topic, key
+    and value unchanged, without the promo.* headers: each origin (input topic, partition,
+    offset) once, ever; a re-sent message rejected again is a new origin, so replay, run,
+    replay re-sends it once more, never its earlier copies."""
+    import psycopg
+
+    from promo_pipeline.db import conninfo
+    from promo_pipeline.resources import kafka_resource
+    from promo_pipeline.schema import REJECTION_CODES
+
+    if reason is not None and reason not in REJECTION_CODES:
+        raise UserError(
+            f"--reason {reason!r} is not a rejection code; known codes: "
+            + ", ".join(REJECTION_CODES)
+        )
     kafka = kafka_resource(settings)
     require_topic(settings, kafka.dlq_topic)
     require_topic(settings, kafka.input_topic)
     publisher = Publisher(kafka, kafka.input_topic, "re-send to")
-    sent = skipped = 0
-    for message in _dead_letters(kafka):
-        headers = message.headers() or []
-        code = dict(headers).get("promo.reject.code", b"").decode(errors="replace")
-        if reason is not None and code != reason:
-            skipped += 1
+    replay = Replay()
+    chunk: list[tuple[Origin, str, Any]] = []
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        for message in _dead_letters(kafka):
+            headers = dict(message.headers() or [])
+            code = headers.get("promo.reject.code", b"").decode(errors="replace")
+            if reason is not None and code != reason:
+                replay.other_reasons += 1
+                continue
+            chunk.append((_origin(message, headers), code, message))
+            if len(chunk) == REPLAY_CHUNK:
+                _replay_chunk(conn, publisher, chunk, replay)
+                chunk = []
+        _replay_chunk(conn, publisher, chunk, replay)
+    return replay
+
+
+def _origin(message: Any, headers: dict[str, bytes]) -> Origin:
+    """The input message a dead letter came from: its promo.source headers, or the dead
+    letter's own coordinates when they are missing (a message put in the DLQ by hand)."""
+    source = headers.get("promo.source", b"").decode(errors="replace")
+    topic_id = headers.get("promo.source.topic_id", b"").decode(errors="replace")
+    topic, _, rest = source.partition("/")
+    partition, _, offset = rest.partition("/")
+    if partition.isdigit() and offset.isdigit():
+        return topic, topic_id, int(partition), int(offset)
+    return message.topic(), "dlq", message.partition(), message.offset()
+
+
+def _replay_chunk(
+    conn: Any, publisher: Publisher, chunk: list[tuple[Origin, str, Any]], replay: Replay
+) -> None:
+    """Re-send the chunk's dead letters whose origin was never replayed, then mark them."""
+    if not chunk:
+        return
+    columns = list(zip(*(origin for origin, _, _ in chunk), strict=True))
+    done = {tuple(row) for row in conn.execute(REPLAYED, [list(c) for c in columns])}
+    marks = []
+    for origin, code, message in chunk:
+        if origin in done:
+            replay.replayed_before += 1
             continue
-        kept = [(name, data) for name, data in headers if not name.startswith("promo.")]
+        done.add(origin)
+        kept = [(n, d) for n, d in message.headers() or [] if not n.startswith("promo.")]
         publisher.publish(message.key(), message.value(), headers=kept)
-        sent += 1
+        marks.append((*origin, code))
+        replay.sent += 1
     publisher.flush()
-    return sent, skipped
+    with conn.cursor() as cursor:
+        cursor.executemany(MARK_REPLAYED, marks)
 
 
 def _dead_letters(kafka: KafkaResource) -> Iterator[Any]:
@@ -289,19 +368,29 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     `replay` re-sends the DLQ's messages (all, or those of one reason code) to the input
     topic with their key and value unchanged and without the promo.* headers, once their
     cause is fixed (a cancelled campaign's original published, a producer fixed). The DLQ
-    keeps them; replaying twice sends twice (the ledger still allows one trigger).
+    keeps them; each rejected input message is re-sent once, however often replay runs (one
+    rejected again after its replay is a new dead letter, re-sent by the next replay).
 
     examples:
     promo dlq replay
     promo dlq replay --reason end_not_after_start
     """
     settings = load_settings()
-    sent, skipped = dlq_replay(settings, args.reason)
+    replay = dlq_replay(settings, args.reason)
     which = f" with reason {args.reason}" if args.reason else ""
-    print(
-        f"re-sent {sent} dead letters{which} to {settings.promo_input_topic}"
-        + (f" ({skipped} with other reasons left out)" if skipped else "")
+    notes = [
+        f"{replay.replayed_before} whose origin was already re-sent by a replay"
+        if replay.replayed_before
+        else "",
+        f"{replay.other_reasons} with other reasons left out" if replay.other_reasons else "",
+    ]
+    said = "; ".join(note for note in notes if note)
+    done = (
+        f"re-sent {replay.sent} dead letters{which} to {settings.promo_input_topic}"
+        if replay.sent
+        else f"nothing re-sent: no dead letters{which} left to replay"
     )
+    print(done + (f" ({said})" if said else ""))
     return 0
 
 

@@ -449,6 +449,71 @@ def test_status_json_with_postgres_down_prints_a_json_error(
     assert "error" in json.loads(capsys.readouterr().out)
 
 
+def dead_letter(
+    pipeline: Pipeline, origin: str, code: str = "not_json", topic_id: str = "id-1"
+) -> None:
+    """A message in the DLQ as the pipeline writes it, from input offset `origin` (t/p/o)."""
+    producer = Producer({"bootstrap.servers": pipeline.settings.kafka_bootstrap_servers})
+    producer.produce(
+        pipeline.settings.promo_dlq_topic,
+        b"bad " + origin.encode(),
+        b"k",
+        headers=[
+            ("promo.reject.code", code.encode()),
+            ("promo.reject.reason", b"why"),
+            ("promo.source", origin.encode()),
+            ("promo.source.topic_id", topic_id.encode()),
+            ("trace", b"kept"),
+        ],
+    )
+    assert producer.flush(30) == 0
+
+
+def test_dlq_replay_sends_each_origin_once_and_refuses_unknown_reasons(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The DLQ holds one origin twice (as earlier rewinds left it) and another once: a replay
+    sends each origin once, a second replay sends nothing, a new origin is sent by the next."""
+    from promo_pipeline_tests.support.faults import wait_topics_ready
+
+    wait_topics_ready(pipeline.settings)
+    topic = pipeline.settings.promo_input_topic
+    assert main(["dlq", "replay", "--reason", "nonsense"]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("promo: --reason 'nonsense' is not a rejection code; known codes: ")
+    assert "not_json" in err and "end_not_after_start" in err and "too_large" in err
+    assert main(["dlq", "replay", "--reason", "too_large"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "nothing re-sent: no dead letters with reason too_large left to replay"
+    )
+
+    for origin in (f"{topic}/0/5", f"{topic}/0/5", f"{topic}/1/7"):
+        dead_letter(pipeline, origin)
+    dead_letter(pipeline, f"{topic}/0/5", topic_id="id-of-a-recreated-topic")
+    assert main(["dlq", "replay"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"re-sent 3 dead letters to {topic} (1 whose origin was already re-sent by a replay)"
+    )
+    replayed = pipeline.read_topic(topic)
+    assert sorted(m.value() for m in replayed) == sorted(
+        [f"bad {topic}/0/5".encode()] * 2 + [f"bad {topic}/1/7".encode()]
+    )
+    assert all(m.headers() == [("trace", b"kept")] for m in replayed)
+
+    assert main(["dlq", "replay"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "nothing re-sent: no dead letters left to replay (4 whose origin was already re-sent "
+        "by a replay)"
+    )
+    dead_letter(pipeline, f"{topic}/2/9", code="end_not_after_start")
+    assert main(["dlq", "replay", "--reason", "end_not_after_start"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"re-sent 1 dead letters with reason end_not_after_start to {topic} "
+        "(4 with other reasons left out)"
+    )
+    assert len(pipeline.read_topic(topic)) == 4
+
+
 @pytest.mark.spark
 def test_a_run_after_a_rewind_past_unread_input_reads_nothing_and_says_so(
     pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
@@ -519,3 +584,38 @@ def test_a_missing_checkpoint_after_runs_read_input_is_loud_and_refused(
     assert main(["status"]) == 0
     assert "MISSING" not in capsys.readouterr().out
     assert "messages_read 0" in pipeline.run_ok()
+
+
+@pytest.mark.spark
+def test_dead_letters_stay_once_per_origin_through_rewinds_and_replays(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two rejects; re-reading the input does not dead-letter them again; replay, run,
+    replay: each rejected copy is a new origin, sent once, so the DLQ grows by the two
+    re-rejected copies per replay, never doubles; every run still counts its rejects."""
+    pipeline.publish(b"not json", json.dumps(campaign(adv_campaign_datetime_end=1659203516)))
+    assert "rejected 2" in pipeline.run_ok()
+    assert len(pipeline.dead_letters()) == 2
+    assert main(["rewind", "--to-beginning"]) == 0
+    assert "rejected 2" in pipeline.run_ok()  # counted as rejected, not sent again
+    assert len(pipeline.dead_letters()) == 2
+
+    assert main(["dlq", "replay"]) == 0
+    assert main(["dlq", "replay"]) == 0  # nothing new to send
+    capsys.readouterr()
+    assert len(pipeline.read_topic(pipeline.settings.promo_input_topic)) == 4
+    assert "rejected 2" in pipeline.run_ok()
+    letters = pipeline.dead_letters()
+    assert len(letters) == 4
+    origins = [dict(m.headers())["promo.source"] for m in letters]
+    assert len(set(origins)) == 4, origins  # the re-rejected copies: their own offsets
+
+    assert main(["dlq", "replay"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"re-sent 2 dead letters to {pipeline.settings.promo_input_topic} (2 whose origin "
+        "was already re-sent by a replay)"
+    )
+    assert main(["rewind", "--to-beginning"]) == 0
+    # 2 originals, 2 copies of each replay: only the second replay's copies are new origins.
+    assert "rejected 6" in pipeline.run_ok()
+    assert len(pipeline.dead_letters()) == 6

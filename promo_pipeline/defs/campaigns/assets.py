@@ -1,6 +1,7 @@
 """The campaign batch: new messages from the input topic, validated, folded into campaign state."""
 
 import json
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -59,6 +60,7 @@ def campaign_batch(
         run_id=context.run_id,
     )
     plan = _plan(context, kafka, state, target)
+    target = replace(target, topic_id=plan.topic_id)
     before = committed_offsets(state.checkpoint_dir)
     # Nothing past the checkpoint (and no recreated topic): no streaming query, no Spark at all;
     # a run for new subscriptions or unsent triggers does not pay for reading nothing.
