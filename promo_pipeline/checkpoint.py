@@ -228,6 +228,13 @@ def input_position(
         for p, (low, _) in watermarks.items()
         if p in read_to and read_to[p] < low
     }
+    if not read_to and start_file(checkpoint_dir).exists():
+        # A rewind is pending: the next run reads from its offsets, not from the start.
+        offsets = json.loads(start_file(checkpoint_dir).read_text())["offsets"].get(topic, {})
+        position.read_to = {
+            p: low if int(offsets.get(str(p), -2)) < 0 else min(high, int(offsets[str(p)]))
+            for p, (low, high) in watermarks.items()
+        }
     return position
 
 

@@ -114,7 +114,8 @@ def rewind(
             )
         moved = set_aside(checkpoint, "rewound")
         settings.promo_state_dir.mkdir(parents=True, exist_ok=True)
-        offsets = {str(p): o for p, o in target.items()}
+        # "Its end" is the end now: what arrives after the rewind is read, not skipped too.
+        offsets = {str(p): watermarks[p][1] if o == LATEST else o for p, o in target.items()}
         (settings.promo_state_dir / START_FILE).write_text(
             json.dumps({"topic_id": identity, "offsets": {topic: offsets}})
         )

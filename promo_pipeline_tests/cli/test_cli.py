@@ -377,6 +377,7 @@ def test_rewind_past_unread_messages_says_how_many_and_needs_yes(
     assert rewinds(pipeline)[-1]["skipped_ranges"] == {"0": [0, 2]}
     assert main(["status"]) == 0
     out = capsys.readouterr().out
+    assert f"input {topic}: 1 messages waiting" in out, out  # from the pending rewind's start
     assert "; SKIPPED 2 unread messages by `promo rewind --yes`" in out, out
     assert "rewind: the next run reads p0 at 2, p1 at its end, p2 at its end; SKIPPED 2 " in out
     assert main(["status", "--json"]) == 0
@@ -541,6 +542,16 @@ def test_a_run_after_a_rewind_past_unread_input_reads_nothing_and_says_so(
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert "0 messages waiting" in out and "SKIPPED 1 unread messages" in out, out
+
+    # "Its end" was the end at the rewind: a message published after it is read, and the
+    # run's counts are of that one message only.
+    [late] = publish_at(pipeline, int(time.time() * 1000))
+    summary = pipeline.run_ok()
+    assert "messages_read 1" in summary and "active 1" in summary, summary
+    assert pipeline.sql(
+        "SELECT count(*) FROM promo.campaigns WHERE adv_campaign_id = %s",
+        (late["adv_campaign_id"],),
+    ) == [(1,)]
 
 
 @pytest.mark.spark
