@@ -329,7 +329,7 @@ def plan_input(
         plan = InputPlan(position.topic_id, waiting=position.waiting)
         if position.recreated_from:
             moved = set_aside(checkpoint_dir, "recreated")
-            Path(state_dir, START_FILE).unlink(missing_ok=True)
+            start_file(checkpoint_dir).unlink(missing_ok=True)
             plan.recreated = {
                 "previous_topic_id": position.recreated_from,
                 "topic_id": position.topic_id,
@@ -365,7 +365,7 @@ def plan_input(
             "ON CONFLICT (topic) DO UPDATE SET topic_id = excluded.topic_id, updated_at = now()",
             (topic, position.topic_id),
         )
-    start = Path(state_dir, START_FILE)
+    start = start_file(checkpoint_dir)
     if start.exists():
         if committed_offsets(checkpoint_dir):
             start.unlink()  # a run already started from it

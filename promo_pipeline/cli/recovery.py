@@ -75,10 +75,10 @@ def rewind(
     import psycopg
 
     from promo_pipeline.checkpoint import (
-        START_FILE,
         describe_gaps,
         record_event,
         set_aside,
+        start_file,
         topic_id,
     )
     from promo_pipeline.db import conninfo
@@ -113,12 +113,11 @@ def rewind(
                 "them (recorded in `promo status`), or rewind to an earlier point"
             )
         moved = set_aside(checkpoint, "rewound")
-        settings.promo_state_dir.mkdir(parents=True, exist_ok=True)
+        start = start_file(checkpoint)
+        start.parent.mkdir(parents=True, exist_ok=True)
         # "Its end" is the end now: what arrives after the rewind is read, not skipped too.
         offsets = {str(p): watermarks[p][1] if o == LATEST else o for p, o in target.items()}
-        (settings.promo_state_dir / START_FILE).write_text(
-            json.dumps({"topic_id": identity, "offsets": {topic: offsets}})
-        )
+        start.write_text(json.dumps({"topic_id": identity, "offsets": {topic: offsets}}))
         detail = {
             "offsets": offsets,
             "reads": where,
