@@ -98,6 +98,22 @@ def committed_offsets(checkpoint_dir: str | Path) -> dict[tuple[str, int], int]:
         raise CheckpointError(f"Spark checkpoint file {error}; {_repair(root)}") from None
 
 
+def initial_offsets(checkpoint_dir: str | Path) -> dict[tuple[str, int], int]:
+    """Where the query on this checkpoint started reading (Spark's Kafka source writes it to
+    sources/0/0 before its first batch); {} if there is none or it cannot be read."""
+    path = Path(checkpoint_dir, "sources", "0", "0")
+    try:
+        lines = path.read_text(errors="replace").lstrip("\x00").splitlines()
+        return {
+            (topic, int(p)): int(o)
+            for line in lines[1:]
+            for topic, partitions in json.loads(line).items()
+            for p, o in partitions.items()
+        }
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
 def _repair(root: Path) -> str:
     """The rewind that repairs a damaged checkpoint: to the newest readable batch."""
     commits, _ = _commits_and_offsets(root)
@@ -140,7 +156,8 @@ class InputPosition:
     watermarks: dict[int, tuple[int, int]]
     read_to: dict[int, int]
     recreated_from: str | None = None  # the recorded id, when the topic's id changed
-    corrupt: str | None = None  # the CheckpointError's message
+    corrupt: str | None = None  # the CheckpointError's message, or why it is missing
+    missing: bool = False  # no checkpoint, though runs have read the topic (see `corrupt`)
     gaps: dict[int, tuple[int, int]] = field(default_factory=dict)  # lost [from, to)
 
     @property
@@ -194,13 +211,54 @@ def input_position(
     if stale:  # no id recorded yet, or the broker lost the log: only the offsets tell
         position.recreated_from = "unknown (the checkpoint is past the topic's end)"
         return position
+    if not read_to and not start_file(checkpoint_dir).exists():
+        read = recorded_reads(conn, topic, current)
+        if read:
+            position.missing = True
+            position.corrupt = (
+                f"the Spark checkpoint {checkpoint_dir} is missing or empty, but runs have "
+                f"read {topic} up to {_describe_offsets(read)} (promo.input_offsets): a run "
+                "would read it all again (is the state volume unmounted?); fix: restore "
+                "PROMO_STATE_DIR, or `promo rewind` to accept where to read from"
+            )
+            return position
     position.read_to = read_to
     position.gaps = {
         p: (read_to[p], low)
         for p, (low, _) in watermarks.items()
         if p in read_to and read_to[p] < low
     }
+    if not read_to and start_file(checkpoint_dir).exists():
+        # A rewind is pending: the next run reads from its offsets, not from the start.
+        offsets = json.loads(start_file(checkpoint_dir).read_text())["offsets"].get(topic, {})
+        position.read_to = {
+            p: low if int(offsets.get(str(p), -2)) < 0 else min(high, int(offsets[str(p)]))
+            for p, (low, high) in watermarks.items()
+        }
     return position
+
+
+def start_file(checkpoint_dir: str | Path) -> Path:
+    """Where `promo rewind` leaves the next run's start: the state dir, two levels above the
+    checkpoint (settings.checkpoint_dir)."""
+    return Path(checkpoint_dir).parents[1] / START_FILE
+
+
+def recorded_reads(conn: psycopg.Connection, topic: str, topic_id: str) -> dict[int, int]:
+    """Per partition, the end of what runs have read of this topic (this id), by the offsets
+    they recorded: what the database knows was read, whatever the checkpoint says."""
+    return dict(
+        conn.execute(
+            "SELECT partition, max(end_offset) FROM promo.input_offsets "
+            "WHERE topic = %s AND topic_id = %s AND end_offset > start_offset "
+            "GROUP BY partition",
+            (topic, topic_id),
+        ).fetchall()
+    )
+
+
+def _describe_offsets(offsets: dict[int, int]) -> str:
+    return ", ".join(f"p{p} {o}" for p, o in sorted(offsets.items()))
 
 
 def record_event(
@@ -271,11 +329,11 @@ def plan_input(
         plan = InputPlan(position.topic_id, waiting=position.waiting)
         if position.recreated_from:
             moved = set_aside(checkpoint_dir, "recreated")
-            Path(state_dir, START_FILE).unlink(missing_ok=True)
+            start_file(checkpoint_dir).unlink(missing_ok=True)
             plan.recreated = {
                 "previous_topic_id": position.recreated_from,
                 "topic_id": position.topic_id,
-                "old_checkpoint": str(moved),
+                "old_checkpoint": str(moved) if moved else None,
             }
             record_event(conn, run_id, topic, "topic_recreated", plan.recreated)
             log.warning(
@@ -307,7 +365,7 @@ def plan_input(
             "ON CONFLICT (topic) DO UPDATE SET topic_id = excluded.topic_id, updated_at = now()",
             (topic, position.topic_id),
         )
-    start = Path(state_dir, START_FILE)
+    start = start_file(checkpoint_dir)
     if start.exists():
         if committed_offsets(checkpoint_dir):
             start.unlink()  # a run already started from it

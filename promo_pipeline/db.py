@@ -95,8 +95,11 @@ def current_revision(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
-def check_schema(conn: psycopg.Connection, script_location: Path | None = None) -> str:
-    """Raise a one-line SchemaVersionError unless the database is at this code's head."""
+def check_schema(
+    conn: psycopg.Connection, script_location: Path | None = None, *, upgrading: bool = False
+) -> str:
+    """Raise a one-line SchemaVersionError unless the database is at this code's head (or,
+    `upgrading`, at a revision this code can migrate from)."""
     from alembic.script import ScriptDirectory
 
     head = head_revision(script_location)
@@ -113,6 +116,8 @@ def check_schema(conn: psycopg.Connection, script_location: Path | None = None) 
             f"{where}: schema promo is at revision {current}, newer than this code knows "
             f"(its newest is {head}); deploy the code that matches the database"
         )
+    if upgrading:
+        return head
     raise SchemaVersionError(
         f"{where}: schema promo is at revision {current or 'none'}, this code needs {head}; "
         "run `promo db upgrade`"
@@ -123,10 +128,14 @@ def upgrade(
     settings: Settings, revision: str = "head", script_location: Path | None = None
 ) -> tuple[str | None, str]:
     """The seed's tables where missing (exactly its DDL), then the migrations up to
-    `revision`; returns the revision before and after. One upgrade at a time (advisory lock)."""
+    `revision`; returns the revision before and after. One upgrade at a time (advisory lock).
+    A revision newer than this code, or a migration that fails, is a one-line
+    SchemaVersionError."""
     from alembic import command
+    from alembic.util import CommandError
     from sqlalchemy import create_engine
     from sqlalchemy.engine import URL
+    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
     with psycopg.connect(conninfo(settings), autocommit=True) as lock:
@@ -142,12 +151,20 @@ def upgrade(
             database=settings.postgres_db,
             query={"connect_timeout": "10", "application_name": "promo_pipeline_migrations"},
         )
+        check_schema(lock, script_location, upgrading=True)
         engine = create_engine(url, poolclass=NullPool)
         try:
             with engine.begin() as connection:
                 config = alembic_config(script_location)
                 config.attributes["connection"] = connection
                 command.upgrade(config, revision)
+        except (DBAPIError, CommandError) as error:
+            # One transaction: the failed upgrade left the database as it was.
+            cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            raise SchemaVersionError(
+                f"`promo db upgrade` from revision {before or 'none'} failed, nothing was "
+                f"changed: {cause}"
+            ) from None
         finally:
             engine.dispose()
         after = current_revision(lock)

@@ -36,6 +36,26 @@ def active_at(t: str, alias: str = "") -> str:
     return ACTIVE_AT.format(c=f"{alias}." if alias else "", t=t)
 
 
+# Held at T: starts later and is not cancelled (a cancellation is stored as end = start, see
+# schema.cancelled), so it will be active some day.
+HELD_AT = (
+    "{c}adv_campaign_datetime_start > {t} "
+    "AND {c}adv_campaign_datetime_end > {c}adv_campaign_datetime_start"
+)
+# Cancelled: never active at any time.
+CANCELLED = "{c}adv_campaign_datetime_end <= {c}adv_campaign_datetime_start"
+
+
+def held_at(t: str, alias: str = "") -> str:
+    """`HELD_AT` for table alias `alias` and the SQL expression (or placeholder) `t`."""
+    return HELD_AT.format(c=f"{alias}." if alias else "", t=t)
+
+
+def cancelled_sql(alias: str = "") -> str:
+    """`CANCELLED` for table alias `alias`."""
+    return CANCELLED.format(c=f"{alias}." if alias else "")
+
+
 DB_NOW = "SELECT floor(extract(epoch FROM clock_timestamp()))::int8"
 
 _TRIGGER_COLUMNS = ", ".join(TRIGGER_COLUMNS)

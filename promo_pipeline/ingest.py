@@ -13,7 +13,7 @@ from confluent_kafka import KafkaException, Producer
 from psycopg.types.json import Jsonb
 from pyspark.sql import DataFrame
 
-from promo_pipeline.fanout import active_at, db_now
+from promo_pipeline.fanout import active_at, db_now, held_at
 from promo_pipeline.faultpoints import fault_point, fault_rows
 from promo_pipeline.schema import (
     CAMPAIGN_COLUMNS,
@@ -56,6 +56,7 @@ class IngestTarget:
     kafka_config: dict[str, Any] = field(repr=False)  # secrets among them
     dlq_topic: str
     run_id: str
+    topic_id: str = ""  # the input topic's Kafka id: dead letters are known by it
 
 
 @dataclass
@@ -90,10 +91,13 @@ class CampaignTally:
 
 
 class DeadLetters:
-    """Sends rejected messages to the DLQ, unchanged, with the reason in headers."""
+    """Sends rejected messages to the DLQ, unchanged, with the reason and the origin (topic,
+    its id, partition, offset) in headers: once per origin, however often the input is
+    re-read (promo.dead_letters records each origin in the batch's transaction)."""
 
-    def __init__(self, kafka_config: dict[str, Any], topic: str) -> None:
+    def __init__(self, kafka_config: dict[str, Any], topic: str, topic_id: str = "") -> None:
         self.topic = topic
+        self.topic_id = topic_id
         # A rejected message may be as large as the broker accepted on input (~1 MiB) plus
         # our headers: lift the client's own 1,000,000-byte cap and compress, so the broker's
         # per-batch limit, not the client, decides, and a big message cannot block every run.
@@ -114,6 +118,7 @@ class DeadLetters:
             ("promo.reject.code", why.code.encode()),
             ("promo.reject.reason", str(why).encode()),
             ("promo.source", source.encode()),
+            ("promo.source.topic_id", self.topic_id.encode()),
         ]
         produce_all(
             self.producer, self.topic, [(key, value)], headers=headers, on_delivery=self.errors
@@ -126,6 +131,40 @@ class DeadLetters:
             raise KafkaException(
                 f"DLQ delivery failed ({left} unacknowledged): {'; '.join(self.errors[:3])}"
             )
+
+
+# Of a batch's rejected origins, those already in the DLQ (sent by an earlier read).
+SENT_BEFORE = """
+SELECT d.partition, d."offset" FROM promo.dead_letters d
+JOIN unnest(%(partitions)s::int4[], %(offsets)s::int8[]) AS o(p, o)
+  ON d.partition = o.p AND d."offset" = o.o
+WHERE d.topic = %(topic)s AND d.topic_id = %(topic_id)s
+"""
+RECORD_DEAD_LETTERS = """
+INSERT INTO promo.dead_letters (topic, topic_id, partition, "offset", code)
+SELECT %(topic)s, %(topic_id)s, o.p, o.o, o.code
+FROM unnest(%(partitions)s::int4[], %(offsets)s::int8[], %(codes)s::text[]) AS o(p, o, code)
+ON CONFLICT DO NOTHING
+"""
+
+
+def dead_lettered_before(
+    conninfo: str, topic: str, topic_id: str, origins: list[tuple[int, int]]
+) -> set[tuple[int, int]]:
+    """The (partition, offset) origins of `topic` (this id) already sent to the DLQ."""
+    if not origins:
+        return set()
+    with psycopg.connect(conninfo) as conn:
+        rows = conn.execute(
+            SENT_BEFORE,
+            {
+                "topic": topic,
+                "topic_id": topic_id,
+                "partitions": [p for p, _ in origins],
+                "offsets": [o for _, o in origins],
+            },
+        ).fetchall()
+    return {(p, o) for p, o in rows}
 
 
 def known_campaigns(conninfo: str, outcomes: list[tuple[Any, ...]]) -> set[str]:
@@ -163,20 +202,24 @@ ON CONFLICT (run_id, batch_id) DO UPDATE SET
 def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
     """One micro-batch: reject to the DLQ first, then upsert the valid campaigns.
 
-    Both steps are idempotent, so a batch replayed after a crash changes nothing twice.
+    Both steps are idempotent, so a batch replayed after a crash changes nothing twice; the
+    one exception: a crash after the DLQ acknowledged a batch's rejects and before the
+    batch's transaction recorded them sends them once more when the batch is replayed (the
+    other order could lose a reject).
     """
     batch = fault_rows(batch, "campaign_batch")  # test-only; no-op unless PROMO_FAULT_AT is set
     table = batch.select("key", "value", "topic", "partition", "offset").toArrow()
     columns = [table.column(name).to_pylist() for name in table.column_names]
     valid: list[tuple[Campaign, int, int]] = []
     rejected: Counter[str] = Counter()
-    dead_letters = DeadLetters(target.kafka_config, target.dlq_topic)
+    dead_letters = DeadLetters(target.kafka_config, target.dlq_topic, target.topic_id)
     outcomes = [
         (parse_campaign(value), key, value, topic, partition, offset)
         for key, value, topic, partition, offset in zip(*columns, strict=True)
     ]
     known = known_campaigns(target.conninfo, outcomes)
     cancels = 0
+    rejects = []
     for outcome, key, value, topic, partition, offset in outcomes:
         if isinstance(outcome, Campaign):
             valid.append((outcome, partition, offset))
@@ -187,8 +230,15 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
             cancels += 1
         else:
             rejected[outcome.code] += 1
+            rejects.append((outcome, key, value, topic, partition, offset))
+    input_topic = rejects[0][3] if rejects else ""
+    sent_before = dead_lettered_before(
+        target.conninfo, input_topic, target.topic_id, [(r[4], r[5]) for r in rejects]
+    )
+    for outcome, key, value, topic, partition, offset in rejects:
+        if (partition, offset) not in sent_before:
             dead_letters.send(key, value, outcome, f"{topic}/{partition}/{offset}")
-    if rejected:
+    if len(rejects) > len(sent_before):
         dead_letters.flush()
     with psycopg.connect(target.conninfo) as conn, conn.transaction():
         changed = 0
@@ -203,19 +253,31 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
                 for campaign, partition, offset in valid:
                     copy.write_row((*campaign.model_dump().values(), partition, offset))
             changed = conn.execute(UPSERT_CAMPAIGNS).rowcount
+        if rejects:
+            conn.execute(
+                RECORD_DEAD_LETTERS,
+                {
+                    "topic": input_topic,
+                    "topic_id": target.topic_id,
+                    "partitions": [r[4] for r in rejects],
+                    "offsets": [r[5] for r in rejects],
+                    "codes": [r[0].code for r in rejects],
+                },
+            )
         conn.execute(
             RECORD_BATCH,
             (target.run_id, batch_id, table.num_rows, len(valid), changed, Jsonb(rejected)),
         )
     log.info(
         "campaign micro-batch %s: %s messages, %s valid (%s cancellations), %s campaigns "
-        "changed, rejected %s",
+        "changed, rejected %s (%s of them already in the DLQ from an earlier read)",
         batch_id,
         table.num_rows,
         len(valid),
         cancels,
         changed,
         dict(rejected) or 0,
+        len(sent_before),
     )
     fault_point("campaign_batch.committed")  # test-only; no-op unless PROMO_FAULT_AT is set
 
@@ -224,10 +286,13 @@ def offsets_read(
     progress: list[dict[str, Any]],
     before: dict[tuple[str, int], int],
     after: dict[tuple[str, int], int],
+    initial: dict[tuple[str, int], int] | None = None,
 ) -> dict[int, tuple[int, int]]:
     """Per partition, the first offset this run read and the exclusive end: the checkpoint's
-    position before and after the run; on the very first run the start comes from the
-    query's first progress report (earliest available), else 0."""
+    position before and after the run; on a fresh checkpoint the start comes from the
+    query's first progress report, else from where the query started (`initial`, Spark's
+    sources/0/0: after a rewind to the end, the end), else 0."""
+    initial = initial or {}
     first: dict[tuple[str, int], int] = {}
     for report in progress:
         for source in report.get("sources", []):
@@ -238,15 +303,20 @@ def offsets_read(
                 for partition, offset in partitions.items():
                     first.setdefault((topic, int(partition)), int(offset))
     return {
-        partition: (before.get((topic, partition), first.get((topic, partition), 0)), end)
+        partition: (
+            before.get((topic, partition), first.get((topic, partition), 0))
+            if (topic, partition) in before or (topic, partition) in first
+            else min(end, initial.get((topic, partition), 0)),
+            end,
+        )
         for (topic, partition), end in sorted(after.items())
     }
 
 
 # Of the campaigns whose stored version came from the offsets this run read: which are held
-# (start in the future), expired (end passed) or active at `now`.
+# (due later, not cancelled), expired (end passed) or active at `now`.
 CAMPAIGN_WINDOWS = f"""
-SELECT count(*) FILTER (WHERE c.adv_campaign_datetime_start > %(now)s),
+SELECT count(*) FILTER (WHERE {held_at("%(now)s", "c")}),
        count(*) FILTER (WHERE c.adv_campaign_datetime_end <= %(now)s),
        count(*) FILTER (WHERE {active_at("%(now)s", "c")})
 FROM promo.campaigns c
@@ -257,7 +327,10 @@ JOIN unnest(%(partitions)s::int[], %(starts)s::int8[], %(ends)s::int8[]) AS r(p,
 
 def campaign_windows(conninfo: str, ranges: dict[int, tuple[int, int]]) -> tuple[int, int, int]:
     """(held, expired, active) among the campaigns read in `ranges`, now by the database's
-    clock (the one the triggers use)."""
+    clock (the one the triggers use); all 0 when nothing was read."""
+    ranges = {p: (start, end) for p, (start, end) in ranges.items() if end > start}
+    if not ranges:
+        return 0, 0, 0
     with psycopg.connect(conninfo) as conn:
         held, expired, active = conn.execute(
             CAMPAIGN_WINDOWS,

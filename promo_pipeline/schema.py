@@ -37,14 +37,19 @@ def _uuid(value: str) -> str:
     return value.lower()
 
 
+def epoch_out_of_range(value: int) -> str | None:
+    """Why `value` is no plausible time in epoch seconds, or None: the one rule for campaign
+    times and for the times an operator gives (`promo rewind --to-time`)."""
+    if EPOCH_MIN <= value <= EPOCH_MAX:
+        return None
+    unit = " (milliseconds? expected seconds)" if value >= EPOCH_MAX * 100 else ""
+    return f"{value} is outside 2000-01-01..2100-01-01 in epoch seconds{unit}"
+
+
 def _plausible(value: int) -> int:
-    if not EPOCH_MIN <= value <= EPOCH_MAX:
-        unit = " (milliseconds? expected seconds)" if value >= EPOCH_MAX * 100 else ""
-        raise PydanticCustomError(
-            "epoch_out_of_range",
-            "{value} is outside 2000-01-01..2100-01-01 in epoch seconds{unit}",
-            {"value": value, "unit": unit},
-        )
+    problem = epoch_out_of_range(value)
+    if problem:
+        raise PydanticCustomError("epoch_out_of_range", problem)
     return value
 
 
@@ -111,6 +116,23 @@ TRIGGER_COLUMNS: tuple[str, ...] = (
 )
 
 
+# Every `Rejection.code`, the DLQ's promo.reject.code header: `promo dlq replay --reason` takes
+# one of these.
+REJECTION_CODES = (
+    "tombstone",
+    "too_large",
+    "not_utf8",
+    "duplicate_key",
+    "not_json",
+    "not_object",
+    "missing_field",
+    "null_field",
+    "epoch_out_of_range",
+    "end_not_after_start",
+    "invalid_field",
+)
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Why a message was set aside: `code` is stable for counting, `detail` is for people."""
@@ -120,6 +142,10 @@ class Rejection:
     # For end_not_after_start: the message's fields, so the batch can treat it as the
     # cancellation of a campaign it already knows (README, "Cancelling a campaign").
     fields: CampaignFields | None = None
+
+    def __post_init__(self) -> None:
+        if self.code not in REJECTION_CODES:
+            raise ValueError(f"unknown rejection code {self.code!r}: add it to REJECTION_CODES")
 
     def __str__(self) -> str:
         return f"{self.code}: {self.detail}"

@@ -14,21 +14,28 @@ from typing import Any
 import psycopg
 
 from promo_pipeline.checkpoint import InputPosition
-from promo_pipeline.fanout import active_at, db_now, unsent_triggers
+from promo_pipeline.fanout import active_at, cancelled_sql, db_now, held_at, unsent_triggers
 from promo_pipeline.schema import EPOCH_MAX, format_epoch
 from promo_pipeline.settings import Settings
 
+# Four disjoint states: a cancelled campaign is neither held nor expired.
 STATUS_CAMPAIGNS = f"""
 SELECT count(*) FILTER (WHERE {active_at("%(now)s")}),
-       count(*) FILTER (WHERE adv_campaign_datetime_start > %(now)s),
-       count(*) FILTER (WHERE adv_campaign_datetime_end <= %(now)s)
+       count(*) FILTER (WHERE {held_at("%(now)s")}),
+       count(*) FILTER (WHERE adv_campaign_datetime_end <= %(now)s AND NOT {cancelled_sql()}),
+       count(*) FILTER (WHERE {cancelled_sql()})
 FROM promo.campaigns
 """
 
-STATUS_HELD = """
+STATUS_HELD = f"""
 SELECT adv_campaign_id, restaurant_id, adv_campaign_datetime_start FROM promo.campaigns
-WHERE adv_campaign_datetime_start > %(now)s
+WHERE {held_at("%(now)s")}
 ORDER BY adv_campaign_datetime_start, adv_campaign_id LIMIT 10
+"""
+
+STATUS_SKIPPED = """
+SELECT count(*), coalesce(sum((detail->>'skipped')::int8), 0)::int8 FROM promo.input_events
+WHERE topic = %s AND kind = 'rewind' AND (detail->>'skipped')::int8 > 0
 """
 
 STATUS_LAST_INPUT = """
@@ -70,6 +77,12 @@ def status_report(settings: Settings, now: int | None = None) -> tuple[dict[str,
         report: dict[str, Any] = {"now": now}
         position = input_position(kafka, conn, state_resource(settings).checkpoint_dir)
         report["input"], line = _input_status(position)
+        _skipped_by_rewind(conn, kafka.input_topic, report["input"])
+        if report["input"]["skipped_by_rewind"]:
+            line += (
+                f"; SKIPPED {report['input']['skipped_by_rewind']} unread messages by "
+                "`promo rewind --yes` (see the input events)"
+            )
         lines.append(line)
         _input_events(conn, kafka.input_topic, report, lines)
         _campaigns(conn, now, report, lines)
@@ -94,7 +107,8 @@ def _input_status(position: InputPosition) -> tuple[dict[str, Any], str]:
     report: dict[str, Any] = {
         "topic": topic,
         "topic_id": position.topic_id,
-        "checkpoint_corrupt": position.corrupt,
+        "checkpoint_corrupt": None if position.missing else position.corrupt,
+        "checkpoint_missing": position.corrupt if position.missing else None,
         "recreated_from_topic_id": position.recreated_from,
         "waiting": None if position.corrupt else position.waiting,
         "partitions": [
@@ -110,7 +124,8 @@ def _input_status(position: InputPosition) -> tuple[dict[str, Any], str]:
         "lost_unread": {str(p): [s, e] for p, (s, e) in sorted(position.gaps.items())},
     }
     if position.corrupt:
-        return report, f"input {topic}: messages waiting unknown, checkpoint corrupt: " + (
+        what = "MISSING" if position.missing else "corrupt"
+        return report, f"input {topic}: messages waiting unknown, checkpoint {what}: " + (
             position.corrupt
         )
     if position.recreated_from:
@@ -131,6 +146,13 @@ def _input_status(position: InputPosition) -> tuple[dict[str, Any], str]:
             f"({describe_gaps(position.gaps)})"
         )
     return report, line
+
+
+def _skipped_by_rewind(conn: psycopg.Connection, topic: str, report: dict[str, Any]) -> None:
+    """Unread messages that rewinds moved past (accepted with --yes): never read, ever."""
+    rewinds, skipped = conn.execute(STATUS_SKIPPED, (topic,)).fetchone()
+    report["skipped_by_rewind"] = skipped
+    report["rewinds_that_skipped"] = rewinds
 
 
 def _input_events(
@@ -156,6 +178,13 @@ def _event_line(kind: str, run_id: str | None, at: datetime, detail: dict[str, A
             f"topic recreated (id {detail['previous_topic_id']} -> {detail['topic_id']}), "
             f"re-read from its start; old checkpoint {detail['old_checkpoint']}"
         )
+    elif kind == "rewind" and "reads" in detail:
+        what = f"rewind: the next run reads {detail['reads']}"
+        if detail["skipped"]:
+            ranges = ", ".join(
+                f"p{p} offsets {s}..{e - 1}" for p, (s, e) in detail["skipped_ranges"].items()
+            )
+            what += f"; SKIPPED {detail['skipped']} unread messages ({ranges})"
     else:
         what = f"{kind}: {json.dumps(detail, sort_keys=True)}"
     return f"  {format_epoch(at.timestamp())}{run}: {what}"
@@ -165,9 +194,18 @@ def _campaigns(
     conn: psycopg.Connection, now: int, report: dict[str, Any], lines: list[str]
 ) -> None:
     """Campaigns active, held (the next ones due, and when) and expired; the outbox."""
-    active, held, expired = conn.execute(STATUS_CAMPAIGNS, {"now": now}).fetchone()
-    report["campaigns"] = {"active": active, "held": held, "expired": expired, "due": []}
-    lines.append(f"campaigns: {active} active, {held} held for later, {expired} expired")
+    active, held, expired, cancelled = conn.execute(STATUS_CAMPAIGNS, {"now": now}).fetchone()
+    report["campaigns"] = {
+        "active": active,
+        "held": held,
+        "expired": expired,
+        "cancelled": cancelled,
+        "due": [],
+    }
+    lines.append(
+        f"campaigns: {active} active, {held} held for later, {expired} expired, "
+        f"{cancelled} cancelled"
+    )
     for campaign, restaurant, start in conn.execute(STATUS_HELD, {"now": now}):
         report["campaigns"]["due"].append(
             {"adv_campaign_id": campaign, "restaurant_id": restaurant, "start": start}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, TopicPartition
 
 from promo_pipeline.checkpoint import input_position
-from promo_pipeline.fanout import NEW_FROM, active_at, db_now, unsent_triggers
+from promo_pipeline.fanout import NEW_FROM, active_at, db_now, held_at, unsent_triggers
 from promo_pipeline.resources import KafkaResource, PostgresResource
 from promo_pipeline.schema import format_epoch
 from promo_pipeline.topics import KAFKA_TIMEOUT_S
@@ -30,9 +30,9 @@ WHERE s.id > %(since)s AND s.id > c.fanout_through AND {active_at("%(now)s", "c"
 LIMIT 3
 """
 
-NEXT_DUE = """
+NEXT_DUE = f"""
 SELECT min(adv_campaign_datetime_start) FROM promo.campaigns
-WHERE adv_campaign_datetime_start > %(now)s
+WHERE {held_at("%(now)s")}
 """
 
 

@@ -77,6 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def failure_line(error: Exception) -> str | None:
+    """The one line `main` prints for `error` (a user error or a service that is down), or
+    None for a bug."""
+    if isinstance(error, SettingsError | UserError):
+        return str(error)
+    return _connection_problem(error)
+
+
 def _connection_problem(error: Exception) -> str | None:
     """A down or unreachable service, said in one line; None for anything else (a bug)."""
     import psycopg

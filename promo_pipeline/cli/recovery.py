@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,18 +37,28 @@ def _parse_offsets(value: str) -> dict[int, int]:
 
 
 def _parse_time(value: str) -> int:
-    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise), as epoch ms."""
-    if value.isdigit():
-        return int(value) * 1000
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(
-            f"--to-time expects epoch seconds or an ISO time like 2026-11-26T09:00:00Z: {value!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise), as epoch ms; a time
+    outside the range campaign times may have (a millisecond epoch, the far future) is
+    refused, as the input validation refuses it."""
+    from promo_pipeline.schema import epoch_out_of_range
+
+    if re.fullmatch(r"-?\d+", value.strip()):
+        seconds = int(value)
+    else:
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise UsageError(
+                "--to-time expects epoch seconds or an ISO time like 2026-11-26T09:00:00Z: "
+                f"{value!r}"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = int(when.timestamp())
+    problem = epoch_out_of_range(seconds)
+    if problem:
+        raise UsageError(f"--to-time {value}: {problem}")
+    return seconds * 1000
 
 
 def rewind(
@@ -54,18 +66,29 @@ def rewind(
     *,
     to_offsets: dict[int, int] | None = None,
     to_time_ms: int | None = None,
+    skip_unread: bool = False,
 ) -> str:
     """Set the checkpoint aside and name where the next run starts (all partitions at their
-    start unless offsets or a time say otherwise); refused while a run holds the lock."""
+    start unless offsets or a time say otherwise); refused while a run holds the lock, and,
+    unless `skip_unread`, when it would move past messages no run has read. What it skips is
+    recorded as a rewind event, which `promo status` shows."""
     import psycopg
 
-    from promo_pipeline.checkpoint import START_FILE, record_event, set_aside, topic_id
+    from promo_pipeline.checkpoint import (
+        describe_gaps,
+        record_event,
+        set_aside,
+        start_file,
+        topic_id,
+    )
     from promo_pipeline.db import conninfo
     from promo_pipeline.resources import PipelineLockResource, kafka_resource, state_resource
+    from promo_pipeline.work import topic_watermarks
 
     kafka = kafka_resource(settings)
     topic = kafka.input_topic
     require_topic(settings, topic)
+    checkpoint = state_resource(settings).checkpoint_dir
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
         # Held until the end of this block, so no run starts while the files move.
         key = PipelineLockResource.LOCK_KEY
@@ -74,36 +97,90 @@ def rewind(
                 "a promo_pipeline run holds the pipeline lock; rewind refused (wait for the run "
                 "to end: `promo status`)"
             )
-        target = _rewind_target(kafka, topic, to_offsets, to_time_ms)
-        moved = set_aside(state_resource(settings).checkpoint_dir, "rewound")
-        settings.promo_state_dir.mkdir(parents=True, exist_ok=True)
         identity = topic_id(kafka, topic)
-        offsets = {str(p): o for p, o in target.items()}
-        (settings.promo_state_dir / START_FILE).write_text(
-            json.dumps({"topic_id": identity, "offsets": {topic: offsets}})
+        watermarks = topic_watermarks(kafka, topic)
+        target = _rewind_target(kafka, topic, watermarks, to_offsets, to_time_ms)
+        where = ", ".join(
+            f"p{p} at {'its start' if o == EARLIEST else 'its end' if o == LATEST else o}"
+            for p, o in sorted(target.items())
         )
-        record_event(
-            conn, None, topic, "rewind", {"offsets": offsets, "old_checkpoint": str(moved)}
-        )
-    where = ", ".join(
-        f"p{p} at {'its start' if o == EARLIEST else 'its end' if o == LATEST else o}"
-        for p, o in sorted(target.items())
-    )
+        skipped = _skipped(conn, kafka, checkpoint, identity, watermarks, target)
+        count = sum(end - start for start, end in skipped.values())
+        if count and not skip_unread:
+            raise UsageError(
+                f"rewinding {topic} to read {where} skips {count} messages no run has read "
+                f"({describe_gaps(skipped)}); they would never be read: add --yes to skip "
+                "them (recorded in `promo status`), or rewind to an earlier point"
+            )
+        moved = set_aside(checkpoint, "rewound")
+        start = start_file(checkpoint)
+        start.parent.mkdir(parents=True, exist_ok=True)
+        # "Its end" is the end now: what arrives after the rewind is read, not skipped too.
+        offsets = {str(p): watermarks[p][1] if o == LATEST else o for p, o in target.items()}
+        start.write_text(json.dumps({"topic_id": identity, "offsets": {topic: offsets}}))
+        detail = {
+            "offsets": offsets,
+            "reads": where,
+            "old_checkpoint": str(moved) if moved else None,
+            "skipped": count,
+            "skipped_ranges": {str(p): [s, e] for p, (s, e) in sorted(skipped.items())},
+        }
+        record_event(conn, None, topic, "rewind", detail)
     kept = f"; the old checkpoint is kept in {moved}" if moved else ""
-    return f"rewound {topic}: the next run reads {where}{kept}"
+    lost = f"; SKIPPED {count} unread messages ({describe_gaps(skipped)})" if count else ""
+    return f"rewound {topic}: the next run reads {where}{lost}{kept}"
+
+
+def _skipped(
+    conn: Any,
+    kafka: KafkaResource,
+    checkpoint: str,
+    identity: str,
+    watermarks: dict[int, tuple[int, int]],
+    target: dict[int, int],
+) -> dict[int, tuple[int, int]]:
+    """Per partition, the offsets [from, to) that no run has read and the rewind moves past:
+    read means below the checkpoint (if it is this topic's and readable) or below what runs
+    recorded in promo.input_offsets."""
+    from promo_pipeline.checkpoint import (
+        CheckpointError,
+        committed_offsets,
+        recorded_reads,
+        recorded_topic_id,
+    )
+
+    topic = kafka.input_topic
+    read = recorded_reads(conn, topic, identity)
+    if recorded_topic_id(conn, topic) in (None, identity):
+        try:
+            done = committed_offsets(checkpoint)
+        except CheckpointError:
+            done = {}
+        for (name, p), o in done.items():
+            if name == topic:
+                read[p] = max(read.get(p, 0), o)
+    skipped = {}
+    for p, (low, high) in watermarks.items():
+        start = min(high, {EARLIEST: low, LATEST: high}.get(target[p], target[p]))
+        unread_from = max(low, read.get(p, 0))
+        if start > unread_from:
+            skipped[p] = (unread_from, start)
+    return skipped
 
 
 def _rewind_target(
-    kafka: KafkaResource, topic: str, to_offsets: dict[int, int] | None, to_time_ms: int | None
+    kafka: KafkaResource,
+    topic: str,
+    watermarks: dict[int, tuple[int, int]],
+    to_offsets: dict[int, int] | None,
+    to_time_ms: int | None,
 ) -> dict[int, int]:
     """Where each partition starts: the given offset, the first at or after the time, or
     the partition's start; UserError for a partition or offset the topic does not have."""
     from confluent_kafka import Consumer, TopicPartition
 
     from promo_pipeline.topics import KAFKA_TIMEOUT_S
-    from promo_pipeline.work import topic_watermarks
 
-    watermarks = topic_watermarks(kafka, topic)
     if to_offsets is not None:
         unknown = sorted(set(to_offsets) - set(watermarks))
         if unknown:
@@ -131,45 +208,127 @@ def cmd_rewind(args: argparse.Namespace) -> int:
 
     Set the Spark checkpoint aside (kept next to it) and name where the next run starts
     reading the input topic: its beginning, the first message at or after a time, or
-    given offsets. Refused while a run holds the pipeline lock. Re-read campaigns never
+    given offsets. Refused while a run holds the pipeline lock. A rewind that moves past
+    messages no run has read says how many and needs --yes; `promo status` then lists them
+    as skipped. Re-read campaigns never
     trigger twice: the ledger allows one trigger per campaign and client.
 
     examples:
     promo rewind --to-beginning
     promo rewind --to-time 2026-11-26T09:00:00Z
     promo rewind --to-offsets 0:10,1:10,2:6
+    promo rewind --to-time 2026-11-26T09:00:00Z --yes
     """
     settings = load_settings()
-    if args.to_offsets:
-        print(rewind(settings, to_offsets=_parse_offsets(args.to_offsets)))
-    elif args.to_time:
-        print(rewind(settings, to_time_ms=_parse_time(args.to_time)))
+    if args.to_offsets is not None:
+        target = {"to_offsets": _parse_offsets(args.to_offsets)}
+    elif args.to_time is not None:
+        target = {"to_time_ms": _parse_time(args.to_time)}
     else:
-        print(rewind(settings))
+        target = {}
+    print(rewind(settings, skip_unread=args.yes, **target))
     return 0
 
 
-def dlq_replay(settings: Settings, reason: str | None = None) -> tuple[int, int]:
-    """Re-send the DLQ's messages (those of one reason code, or all) to the input topic, key
-    and value unchanged, without the promo.* headers; returns (re-sent, left out)."""
-    from promo_pipeline.resources import kafka_resource
+# Replayed origins are marked after each chunk is acknowledged: a crash in between re-sends
+# at most one chunk on the next replay.
+REPLAY_CHUNK = 500
 
+MARK_REPLAYED = """
+INSERT INTO promo.dead_letters AS d (topic, topic_id, partition, "offset", code, replayed_at)
+VALUES (%s, %s, %s, %s, %s, now())
+ON CONFLICT (topic, topic_id, partition, "offset") DO UPDATE SET replayed_at = now()
+"""
+REPLAYED = """
+SELECT topic, topic_id, partition, "offset" FROM promo.dead_letters
+WHERE replayed_at IS NOT NULL
+  AND (topic, topic_id, partition, "offset") IN (
+      SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int8[]))
+"""
+
+Origin = tuple[str, str, int, int]  # input topic, its Kafka id, partition, offset
+
+
+@dataclass
+class Replay:
+    """What `promo dlq replay` did: re-sent, left out for another reason, and dead letters
+    whose origin an earlier replay (or this one) already re-sent."""
+
+    sent: int = 0
+    other_reasons: int = 0
+    replayed_before: int = 0
+
+
+def dlq_replay(settings: Settings, reason: str | None = None) -> Replay:
+    """Re-send the DLQ's messages (those of one reason code, or all) to the input topic, key
+    and value unchanged, without the promo.* headers: each origin (input topic, partition,
+    offset) once, ever; a re-sent message rejected again is a new origin, so replay, run,
+    replay re-sends it once more, never its earlier copies."""
+    import psycopg
+
+    from promo_pipeline.db import conninfo
+    from promo_pipeline.resources import kafka_resource
+    from promo_pipeline.schema import REJECTION_CODES
+
+    if reason is not None and reason not in REJECTION_CODES:
+        raise UsageError(
+            f"--reason {reason!r} is not a rejection code; known codes: "
+            + ", ".join(REJECTION_CODES)
+        )
     kafka = kafka_resource(settings)
     require_topic(settings, kafka.dlq_topic)
     require_topic(settings, kafka.input_topic)
     publisher = Publisher(kafka, kafka.input_topic, "re-send to")
-    sent = skipped = 0
-    for message in _dead_letters(kafka):
-        headers = message.headers() or []
-        code = dict(headers).get("promo.reject.code", b"").decode(errors="replace")
-        if reason is not None and code != reason:
-            skipped += 1
+    replay = Replay()
+    chunk: list[tuple[Origin, str, Any]] = []
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        for message in _dead_letters(kafka):
+            headers = dict(message.headers() or [])
+            code = headers.get("promo.reject.code", b"").decode(errors="replace")
+            if reason is not None and code != reason:
+                replay.other_reasons += 1
+                continue
+            chunk.append((_origin(message, headers), code, message))
+            if len(chunk) == REPLAY_CHUNK:
+                _replay_chunk(conn, publisher, chunk, replay)
+                chunk = []
+        _replay_chunk(conn, publisher, chunk, replay)
+    return replay
+
+
+def _origin(message: Any, headers: dict[str, bytes]) -> Origin:
+    """The input message a dead letter came from: its promo.source headers, or the dead
+    letter's own coordinates when they are missing (a message put in the DLQ by hand)."""
+    source = headers.get("promo.source", b"").decode(errors="replace")
+    topic_id = headers.get("promo.source.topic_id", b"").decode(errors="replace")
+    topic, _, rest = source.partition("/")
+    partition, _, offset = rest.partition("/")
+    if partition.isdigit() and offset.isdigit():
+        return topic, topic_id, int(partition), int(offset)
+    return message.topic(), "dlq", message.partition(), message.offset()
+
+
+def _replay_chunk(
+    conn: Any, publisher: Publisher, chunk: list[tuple[Origin, str, Any]], replay: Replay
+) -> None:
+    """Re-send the chunk's dead letters whose origin was never replayed, then mark them."""
+    if not chunk:
+        return
+    columns = list(zip(*(origin for origin, _, _ in chunk), strict=True))
+    done = {tuple(row) for row in conn.execute(REPLAYED, [list(c) for c in columns])}
+    marks = []
+    for origin, code, message in chunk:
+        if origin in done:
+            replay.replayed_before += 1
             continue
-        kept = [(name, data) for name, data in headers if not name.startswith("promo.")]
+        done.add(origin)
+        kept = [(n, d) for n, d in message.headers() or [] if not n.startswith("promo.")]
         publisher.publish(message.key(), message.value(), headers=kept)
-        sent += 1
+        marks.append((*origin, code))
+        replay.sent += 1
     publisher.flush()
-    return sent, skipped
+    with conn.cursor() as cursor:
+        cursor.executemany(MARK_REPLAYED, marks)
 
 
 def _dead_letters(kafka: KafkaResource) -> Iterator[Any]:
@@ -209,19 +368,29 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     `replay` re-sends the DLQ's messages (all, or those of one reason code) to the input
     topic with their key and value unchanged and without the promo.* headers, once their
     cause is fixed (a cancelled campaign's original published, a producer fixed). The DLQ
-    keeps them; replaying twice sends twice (the ledger still allows one trigger).
+    keeps them; each rejected input message is re-sent once, however often replay runs (one
+    rejected again after its replay is a new dead letter, re-sent by the next replay).
 
     examples:
     promo dlq replay
     promo dlq replay --reason end_not_after_start
     """
     settings = load_settings()
-    sent, skipped = dlq_replay(settings, args.reason)
+    replay = dlq_replay(settings, args.reason)
     which = f" with reason {args.reason}" if args.reason else ""
-    print(
-        f"re-sent {sent} dead letters{which} to {settings.promo_input_topic}"
-        + (f" ({skipped} with other reasons left out)" if skipped else "")
+    notes = [
+        f"{replay.replayed_before} whose origin was already re-sent by a replay"
+        if replay.replayed_before
+        else "",
+        f"{replay.other_reasons} with other reasons left out" if replay.other_reasons else "",
+    ]
+    said = "; ".join(note for note in notes if note)
+    done = (
+        f"re-sent {replay.sent} dead letters{which} to {settings.promo_input_topic}"
+        if replay.sent
+        else f"nothing re-sent: no dead letters{which} left to replay"
     )
+    print(done + (f" ({said})" if said else ""))
     return 0
 
 
@@ -231,6 +400,9 @@ def add_parser(commands: Any) -> None:
     target.add_argument("--to-beginning", action="store_true", help="every partition's start")
     target.add_argument("--to-time", metavar="T", help="epoch seconds or ISO time (UTC)")
     target.add_argument("--to-offsets", metavar="P:O,...", help="offsets per partition")
+    rewind_.add_argument(
+        "--yes", action="store_true", help="skip the unread messages the rewind moves past"
+    )
     dlq = add_command(commands, "dlq", cmd_dlq)
     dlq.add_argument("action", choices=["replay"])
     dlq.add_argument("--reason", metavar="CODE", help="only this promo.reject.code")

@@ -160,9 +160,12 @@ def cmd_db(args: argparse.Namespace) -> int:
     examples:
     promo db upgrade
     """
-    from promo_pipeline.db import upgrade
+    from promo_pipeline.db import SchemaVersionError, upgrade
 
-    before, after = upgrade(load_settings())
+    try:
+        before, after = upgrade(load_settings())
+    except SchemaVersionError as error:
+        raise UserError(str(error)) from None
     change = f"upgraded from {before or 'none'} to {after}" if before != after else "up to date"
     print(
         f"schema promo at revision {after} ({change}); tables ready: "

@@ -295,3 +295,348 @@ def test_readme_lists_every_command() -> None:
     [commands] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
     missing = [name for name in commands.choices if f"`promo {name}" not in table]
     assert not missing, missing
+
+
+def publish_at(pipeline: Pipeline, *stamps_ms: int) -> list[dict[str, object]]:
+    """One campaign per timestamp (the message's CreateTime), all into partition 0."""
+    made = [campaign() for _ in stamps_ms]
+    producer = Producer({"bootstrap.servers": pipeline.settings.kafka_bootstrap_servers})
+    for document, stamp in zip(made, stamps_ms, strict=True):
+        producer.produce(
+            pipeline.settings.promo_input_topic,
+            json.dumps(document).encode(),
+            partition=0,
+            timestamp=stamp,
+        )
+    assert producer.flush(30) == 0
+    return made
+
+
+def rewinds(pipeline: Pipeline) -> list[dict[str, object]]:
+    return [
+        row[0]
+        for row in pipeline.sql(
+            "SELECT detail FROM promo.input_events WHERE kind = 'rewind' ORDER BY id"
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1764000000000",  # milliseconds
+        "1764000000000000",  # microseconds
+        "4102444801",  # the far future, past 2100-01-01
+        "-5",  # negative
+        "946684799",  # before 2000
+        "2100-01-01T00:00:01Z",  # ISO, past the range
+        "1999-12-31T23:59:59+00:00",
+    ],
+)
+def test_rewind_refuses_a_time_outside_the_plausible_range(
+    value: str, pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_at(pipeline, int(time.time() * 1000))
+    assert main(["rewind", "--to-time", value]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"promo: --to-time {value}: "), err
+    assert "is outside 2000-01-01..2100-01-01 in epoch seconds" in err, err
+    assert rewinds(pipeline) == []
+    assert not (pipeline.settings.promo_state_dir / "start.json").exists()
+
+
+def test_rewind_past_unread_messages_says_how_many_and_needs_yes(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No run has read the three messages yet: a rewind to a time inside them, or to now (the
+    reported case), would skip some; refused without --yes, recorded and shown with it; a
+    rewind that skips nothing needs no --yes."""
+    from datetime import UTC, datetime
+
+    now_ms = int(time.time() * 1000)
+    stamps = [now_ms - 300_000, now_ms - 200_000, now_ms - 100_000]
+    publish_at(pipeline, *stamps)
+    topic = pipeline.settings.promo_input_topic
+    between = datetime.fromtimestamp((stamps[1] + 50_000) / 1000, UTC).isoformat()
+
+    for target, skipped, ranges in [
+        (["--to-time", between], 2, "p0 offsets 0..1"),
+        (["--to-time", str(now_ms // 1000 + 1)], 3, "p0 offsets 0..2"),
+        (["--to-time", "4102444800"], 3, "p0 offsets 0..2"),  # the range's last second
+        (["--to-offsets", "0:1"], 1, "p0 offsets 0..0"),
+    ]:
+        assert main(["rewind", *target]) == 2
+        err = one_line_error(capsys)
+        assert f"skips {skipped} messages no run has read ({ranges})" in err, err
+        assert "add --yes to skip them" in err, err
+    assert rewinds(pipeline) == []
+    assert main(["status"]) == 0
+    assert f"input {topic}: 3 messages waiting" in capsys.readouterr().out
+
+    for target in (["--to-beginning"], ["--to-offsets", "0:0"]):
+        assert main(["rewind", *target]) == 0, capsys.readouterr().err
+        assert "SKIPPED" not in capsys.readouterr().out
+    assert [event["skipped"] for event in rewinds(pipeline)] == [0, 0]
+    # No checkpoint was there to set aside: stored as null, not the string "None".
+    assert [event["old_checkpoint"] for event in rewinds(pipeline)] == [None, None]
+
+    assert main(["rewind", "--to-time", between, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert f"rewound {topic}: the next run reads p0 at 2, p1 at its end, p2 at its end" in out
+    assert "; SKIPPED 2 unread messages (p0 offsets 0..1)" in out
+    assert rewinds(pipeline)[-1]["skipped_ranges"] == {"0": [0, 2]}
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert f"input {topic}: 1 messages waiting" in out, out  # from the pending rewind's start
+    assert "; SKIPPED 2 unread messages by `promo rewind --yes`" in out, out
+    assert "rewind: the next run reads p0 at 2, p1 at its end, p2 at its end; SKIPPED 2 " in out
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input"]["skipped_by_rewind"] == 2
+
+
+def test_rewind_to_offsets_given_empty_is_refused(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from promo_pipeline_tests.support.faults import wait_topics_ready
+
+    wait_topics_ready(pipeline.settings)
+    for empty in ("", " ", ","):
+        assert main(["rewind", "--to-offsets", empty]) == 2
+        assert one_line_error(capsys) == (
+            f"promo: --to-offsets expects PARTITION:OFFSET,... (e.g. 0:10,1:4): {empty!r}"
+        )
+    assert rewinds(pipeline) == []
+
+
+def test_status_lists_a_cancelled_held_campaign_as_cancelled_not_due(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from promo_pipeline.resources import kafka_resource, postgres_resource, state_resource
+    from promo_pipeline.work import find_work
+    from promo_pipeline_tests.support.faults import wait_topics_ready
+
+    wait_topics_ready(pipeline.settings)
+    now = int(time.time())
+    start = now + 45
+    held = campaign(adv_campaign_datetime_start=now + 3600, adv_campaign_datetime_end=now + 7200)
+    cancelled = campaign(adv_campaign_datetime_start=start, adv_campaign_datetime_end=start)
+    before = campaign(adv_campaign_datetime_start=start, adv_campaign_datetime_end=start - 60)
+    gone = campaign(adv_campaign_datetime_start=now - 60, adv_campaign_datetime_end=now - 60)
+    for document in (held, cancelled, before, gone):
+        insert_campaign(pipeline, document)
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "campaigns: 0 active, 1 held for later, 0 expired, 3 cancelled" in out, out
+    assert f"held {held['adv_campaign_id']}" in out
+    assert cancelled["adv_campaign_id"] not in out and before["adv_campaign_id"] not in out
+    assert main(["status", "--json"]) == 0
+    campaigns = json.loads(capsys.readouterr().out)["campaigns"]
+    assert [due["adv_campaign_id"] for due in campaigns["due"]] == [held["adv_campaign_id"]]
+    assert (campaigns["held"], campaigns["cancelled"], campaigns["expired"]) == (1, 3, 0)
+    # The sensor's "next held campaign due" is the held one, not the cancelled one.
+    work = find_work(
+        kafka_resource(pipeline.settings),
+        postgres_resource(pipeline.settings),
+        state_resource(pipeline.settings).checkpoint_dir,
+    )
+    [next_due] = [reason for reason in work.skip_reasons if "next held campaign" in reason]
+    assert "(in 1h 00m)" in next_due or "(in 59 min)" in next_due, next_due
+
+
+def test_status_json_with_postgres_down_prints_a_json_error(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from promo_pipeline_tests.support.faults import wait_topics_ready
+
+    wait_topics_ready(pipeline.settings)
+    monkeypatch.setenv("POSTGRES_PORT", "1")
+    assert main(["status", "--json"]) == 1
+    captured = capsys.readouterr()
+    [line] = captured.out.splitlines()
+    assert json.loads(line)["error"].startswith("Postgres does not answer"), line
+    assert captured.err.strip() == f"promo: {json.loads(line)['error']}"
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    assert main(["status", "--json"]) != 0
+    assert "error" in json.loads(capsys.readouterr().out)
+
+
+def dead_letter(
+    pipeline: Pipeline, origin: str, code: str = "not_json", topic_id: str = "id-1"
+) -> None:
+    """A message in the DLQ as the pipeline writes it, from input offset `origin` (t/p/o)."""
+    producer = Producer({"bootstrap.servers": pipeline.settings.kafka_bootstrap_servers})
+    producer.produce(
+        pipeline.settings.promo_dlq_topic,
+        b"bad " + origin.encode(),
+        b"k",
+        headers=[
+            ("promo.reject.code", code.encode()),
+            ("promo.reject.reason", b"why"),
+            ("promo.source", origin.encode()),
+            ("promo.source.topic_id", topic_id.encode()),
+            ("trace", b"kept"),
+        ],
+    )
+    assert producer.flush(30) == 0
+
+
+def test_dlq_replay_sends_each_origin_once_and_refuses_unknown_reasons(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The DLQ holds one origin twice (as earlier rewinds left it) and another once: a replay
+    sends each origin once, a second replay sends nothing, a new origin is sent by the next."""
+    from promo_pipeline_tests.support.faults import wait_topics_ready
+
+    wait_topics_ready(pipeline.settings)
+    topic = pipeline.settings.promo_input_topic
+    assert main(["dlq", "replay", "--reason", "nonsense"]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("promo: --reason 'nonsense' is not a rejection code; known codes: ")
+    assert "not_json" in err and "end_not_after_start" in err and "too_large" in err
+    assert main(["dlq", "replay", "--reason", "too_large"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "nothing re-sent: no dead letters with reason too_large left to replay"
+    )
+
+    for origin in (f"{topic}/0/5", f"{topic}/0/5", f"{topic}/1/7"):
+        dead_letter(pipeline, origin)
+    dead_letter(pipeline, f"{topic}/0/5", topic_id="id-of-a-recreated-topic")
+    assert main(["dlq", "replay"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"re-sent 3 dead letters to {topic} (1 whose origin was already re-sent by a replay)"
+    )
+    replayed = pipeline.read_topic(topic)
+    assert sorted(m.value() for m in replayed) == sorted(
+        [f"bad {topic}/0/5".encode()] * 2 + [f"bad {topic}/1/7".encode()]
+    )
+    assert all(m.headers() == [("trace", b"kept")] for m in replayed)
+
+    assert main(["dlq", "replay"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "nothing re-sent: no dead letters left to replay (4 whose origin was already re-sent "
+        "by a replay)"
+    )
+    dead_letter(pipeline, f"{topic}/2/9", code="end_not_after_start")
+    assert main(["dlq", "replay", "--reason", "end_not_after_start"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"re-sent 1 dead letters with reason end_not_after_start to {topic} "
+        "(4 with other reasons left out)"
+    )
+    assert len(pipeline.read_topic(topic)) == 4
+
+
+@pytest.mark.spark
+def test_a_run_after_a_rewind_past_unread_input_reads_nothing_and_says_so(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reported case: two campaigns read, one waiting; a rewind to now skips exactly the
+    waiting one (not the two read), only with --yes; the next run reads nothing and reports
+    0 active, and `promo status` still names the skipped message."""
+    now_ms = int(time.time() * 1000)
+    publish_at(pipeline, now_ms - 20_000, now_ms - 10_000)
+    pipeline.run_ok()
+    capsys.readouterr()
+    [waiting] = publish_at(pipeline, now_ms)
+    assert main(["rewind", "--to-time", str(now_ms // 1000 + 1)]) == 2
+    assert "skips 1 messages no run has read (p0 offsets 2..2)" in one_line_error(capsys)
+    assert main(["rewind", "--to-time", str(now_ms // 1000 + 1), "--yes"]) == 0
+    assert "SKIPPED 1 unread messages (p0 offsets 2..2)" in capsys.readouterr().out
+
+    summary = pipeline.run_ok()
+    assert "messages_read 0" in summary, summary
+    assert "active 0" in summary and "held_for_later 0" in summary, summary
+    assert pipeline.sql(
+        "SELECT count(*) FROM promo.campaigns WHERE adv_campaign_id = %s",
+        (waiting["adv_campaign_id"],),
+    ) == [(0,)]
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "0 messages waiting" in out and "SKIPPED 1 unread messages" in out, out
+
+    # "Its end" was the end at the rewind: a message published after it is read, and the
+    # run's counts are of that one message only.
+    [late] = publish_at(pipeline, int(time.time() * 1000))
+    summary = pipeline.run_ok()
+    assert "messages_read 1" in summary and "active 1" in summary, summary
+    assert pipeline.sql(
+        "SELECT count(*) FROM promo.campaigns WHERE adv_campaign_id = %s",
+        (late["adv_campaign_id"],),
+    ) == [(1,)]
+
+
+@pytest.mark.spark
+def test_a_missing_checkpoint_after_runs_read_input_is_loud_and_refused(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs have read input, then the checkpoint folder is gone (an unmounted volume): status
+    and the sensor say so, a run refuses in one line naming the fix, `promo rewind` accepts."""
+    import shutil
+
+    from dagster import DagsterInstance, SkipReason
+
+    from promo_pipeline.settings import checkpoint_dir
+    from promo_pipeline_tests.support.dagster import tick
+
+    publish_at(pipeline, int(time.time() * 1000))
+    pipeline.run_ok()
+    checkpoint = checkpoint_dir(pipeline.settings.promo_state_dir)
+    for lose in (lambda: shutil.rmtree(checkpoint), lambda: checkpoint.mkdir(parents=True)):
+        lose()  # missing, then present but empty
+        assert main(["status"]) == 0
+        out = capsys.readouterr().out
+        assert "messages waiting unknown, checkpoint MISSING: the Spark checkpoint" in out, out
+        assert "runs have read" in out and "up to p0 1" in out, out
+        assert main(["status", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)["input"]
+        assert report["checkpoint_missing"] and report["waiting"] is None
+        skipped = tick(pipeline, DagsterInstance.ephemeral())
+        assert isinstance(skipped, SkipReason), skipped
+        assert "not launching: the Spark checkpoint" in (skipped.skip_message or "")
+        success, summary = pipeline.run()
+        assert not success
+        [failed] = [line for line in summary.splitlines() if "FAILED" in line]
+        assert failed.strip().startswith("FAILED campaign_batch: the Spark checkpoint"), failed
+        assert failed.endswith(
+            "fix: restore PROMO_STATE_DIR, or `promo rewind` to accept where to read from"
+        ), failed
+
+    assert main(["rewind", "--to-offsets", "0:1"]) == 0
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    assert "MISSING" not in capsys.readouterr().out
+    assert "messages_read 0" in pipeline.run_ok()
+
+
+@pytest.mark.spark
+def test_dead_letters_stay_once_per_origin_through_rewinds_and_replays(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two rejects; re-reading the input does not dead-letter them again; replay, run,
+    replay: each rejected copy is a new origin, sent once, so the DLQ grows by the two
+    re-rejected copies per replay, never doubles; every run still counts its rejects."""
+    pipeline.publish(b"not json", json.dumps(campaign(adv_campaign_datetime_end=1659203516)))
+    assert "rejected 2" in pipeline.run_ok()
+    assert len(pipeline.dead_letters()) == 2
+    assert main(["rewind", "--to-beginning"]) == 0
+    assert "rejected 2" in pipeline.run_ok()  # counted as rejected, not sent again
+    assert len(pipeline.dead_letters()) == 2
+
+    assert main(["dlq", "replay"]) == 0
+    assert main(["dlq", "replay"]) == 0  # nothing new to send
+    capsys.readouterr()
+    assert len(pipeline.read_topic(pipeline.settings.promo_input_topic)) == 4
+    assert "rejected 2" in pipeline.run_ok()
+    letters = pipeline.dead_letters()
+    assert len(letters) == 4
+    origins = [dict(m.headers())["promo.source"] for m in letters]
+    assert len(set(origins)) == 4, origins  # the re-rejected copies: their own offsets
+
+    assert main(["dlq", "replay"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"re-sent 2 dead letters to {pipeline.settings.promo_input_topic} (2 whose origin "
+        "was already re-sent by a replay)"
+    )
+    assert main(["rewind", "--to-beginning"]) == 0
+    # 2 originals, 2 copies of each replay: only the second replay's copies are new origins.
+    assert "rejected 6" in pipeline.run_ok()
+    assert len(pipeline.dead_letters()) == 6

@@ -1,6 +1,7 @@
 """The campaign batch: new messages from the input topic, validated, folded into campaign state."""
 
 import json
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -14,6 +15,7 @@ from promo_pipeline.checkpoint import (
     commit_group_offsets,
     committed_offsets,
     describe_gaps,
+    initial_offsets,
     plan_input,
     record_offsets,
 )
@@ -60,6 +62,7 @@ def campaign_batch(
         run_id=context.run_id,
     )
     plan = _plan(context, kafka, state, target)
+    target = replace(target, topic_id=plan.topic_id)
     before = committed_offsets(state.checkpoint_dir)
     # Nothing past the checkpoint (and no recreated topic): no streaming query, no Spark at all;
     # a run for new subscriptions or unsent triggers does not pay for reading nothing.
@@ -67,7 +70,7 @@ def campaign_batch(
         _read(context, spark, kafka, state, plan, target) if plan.waiting or plan.recreated else []
     )
     after = committed_offsets(state.checkpoint_dir)
-    ranges = offsets_read(progress, before, after)
+    ranges = offsets_read(progress, before, after, initial_offsets(state.checkpoint_dir))
     record_offsets(target.conninfo, context.run_id, kafka.input_topic, plan.topic_id, ranges)
     group_error = commit_group_offsets(
         kafka, {p: o for (topic, p), o in after.items() if topic == kafka.input_topic}

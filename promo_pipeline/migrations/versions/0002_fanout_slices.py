@@ -16,10 +16,15 @@ depends_on = None
 UPGRADE = [
     # Triggers the previous outbox still holds are named by id ranges this code does not read:
     # the previous version must deliver them first.
+    # (EXECUTE: a static reference to the table fails to plan where the table is gone.)
     """DO $$
+    DECLARE
+        pending bool := false;
     BEGIN
-        IF to_regclass('promo.kafka_outbox_runs') IS NOT NULL
-           AND EXISTS (SELECT 1 FROM promo.kafka_outbox_runs) THEN
+        IF to_regclass('promo.kafka_outbox_runs') IS NOT NULL THEN
+            EXECUTE 'SELECT EXISTS (SELECT 1 FROM promo.kafka_outbox_runs)' INTO pending;
+        END IF;
+        IF pending THEN
             RAISE EXCEPTION 'promo.kafka_outbox_runs holds undelivered triggers: run the '
                 'previous version once to deliver them, then upgrade';
         END IF;
@@ -62,7 +67,7 @@ UPGRADE = [
         triggers int8 NOT NULL,
         created_at timestamptz NOT NULL DEFAULT now()
     )""",
-    # Pending triggers, one row each, for people and checks.
+    # Pending triggers, one row each, for people and checks (0004 renames it).
     """CREATE VIEW promo.kafka_outbox AS
     SELECT f.adv_campaign_id, f.client_id, o.run_id, o.slice_id
     FROM promo.trigger_outbox o
