@@ -17,12 +17,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     Input lag per partition (broker end vs the pipeline's checkpoint), or why there is
     none to count (topic recreated, checkpoint corrupt), offsets lost to retention and
     other recent input events, campaigns active, held (and when due) and expired,
-    triggers awaiting Kafka, and what the last run did. With DAGSTER_HOME set, also the
+    fan-outs in progress (subscribers done of total, since when), triggers awaiting
+    Kafka, and what the last run did. With DAGSTER_HOME set, also the
     last Dagster run. --json prints the same as one JSON object.
 
     examples:
     promo status
     promo status --json | jq .input
+    promo status --json | jq .fanouts_in_progress
     """
     from promo_pipeline.status import status_report
 
