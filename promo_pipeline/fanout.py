@@ -150,6 +150,12 @@ def in_progress_at(t: str) -> str:
 
 
 FANOUTS_IN_PROGRESS = f"SELECT count(*) FROM promo.campaigns WHERE {in_progress_at('%(t)s')}"
+# Campaigns not yet started while another's walk is in progress: published during a giant's
+# fan-out. DUE_FULL puts them first, so the run's first full-fan-out slice serves them.
+NEW_BESIDE_WALK = f"""
+SELECT bool_or(fanout_cursor IS NULL) AND bool_or(fanout_cursor IS NOT NULL)
+FROM promo.campaigns WHERE {active_at("%(t)s")} AND fanout_through IS NULL
+"""
 
 # The lowest watermark among the fanned-out active campaigns: new subscriptions start above it.
 NEW_FROM = f"""

@@ -138,10 +138,21 @@ def test_run_killed_between_slices_keeps_them_and_the_next_run_goes_on(
     assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(2,)]
     assert pipeline.sql("SELECT fanout_cursor IS NOT NULL FROM promo.campaigns") == [(True,)]
 
-    # A campaign that arrives meanwhile is fanned out before the one in progress resumes.
+    # A campaign that arrives meanwhile is fanned out before the one in progress resumes, and
+    # its run ends after that slice; the next goes on with the walk.
     pipeline.publish(small)
     follower = ChildRun(env, tmp_path / "next.log")
     assert follower.wait() == 0, follower.output[-3000:]
+    first_written = pipeline.sql(
+        "SELECT adv_campaign_id FROM public.subscribers_feedback "
+        "WHERE trigger_datetime_created = (SELECT max(trigger_datetime_created) "
+        "FROM public.subscribers_feedback) ORDER BY id LIMIT 1"
+    )
+    assert first_written == [(small["adv_campaign_id"],)]
+    assert metric(follower.output, "feedback_sink", "slices") == 1
+    assert metric(follower.output, "feedback_sink", "fanouts_in_progress") == 1
+    last = ChildRun(env, tmp_path / "last.log")
+    assert last.wait() == 0, last.output[-3000:]
     expected = {(big["adv_campaign_id"], c) for c in big_clients} | {
         (small["adv_campaign_id"], c) for _, c in pipeline.sql(
             "SELECT restaurant_id, client_id FROM public.subscribers_restaurants "
@@ -151,12 +162,6 @@ def test_run_killed_between_slices_keeps_them_and_the_next_run_goes_on(
     recovery = check_recovered(pipeline, expected)
     assert recovery.ok, recovery.problems
     assert recovery.duplicates == 0
-    first_written = pipeline.sql(
-        "SELECT adv_campaign_id FROM public.subscribers_feedback "
-        "WHERE trigger_datetime_created = (SELECT max(trigger_datetime_created) "
-        "FROM public.subscribers_feedback) ORDER BY id LIMIT 1"
-    )
-    assert first_written == [(small["adv_campaign_id"],)]
 
 
 def test_rows_written_by_hand_above_the_id_sequence_do_not_stop_the_sink(
@@ -264,7 +269,8 @@ def test_a_run_past_its_budget_leaves_the_fan_out_to_the_next_which_serves_new_c
 ) -> None:
     """Past PROMO_FANOUT_RUN_BUDGET_S a run starts no further slice: it sends what it wrote and
     ends with the walk's position saved. The next run fans out a campaign published meanwhile
-    first, goes on with the walk, and no pair is lost or written twice."""
+    first and ends after that slice; the one after goes on with the walk; no pair is lost or
+    written twice."""
     big, small = campaign(), campaign()
     big_clients = [new_uuid() for _ in range(7)]
     pipeline.subscribe(*[(client, big["restaurant_id"]) for client in big_clients])
@@ -295,11 +301,14 @@ def test_a_run_past_its_budget_leaves_the_fan_out_to_the_next_which_serves_new_c
     assert len(pipeline.pairs()) == 2
     assert [(e["done"], e["total"]) for e in fanouts_in_progress(capsys)[0]] == [(2, 7)]
 
+    # Published during the walk: the next run (the default budget, far from spent) serves it
+    # in its first slice, filled up from the walk, and ends there rather than keep it waiting.
     pipeline.publish(small)
-    second = one_budgeted_run("second")
-    assert metric(second, "feedback_sink", "slices") == 1
-    assert metric(second, "feedback_sink", "fanouts_in_progress") == 1
-    # The slice took the new campaign first, then went on with the walk.
+    second = ChildRun(pipeline.env | {"PROMO_TRIGGER_SLICE_ROWS": "2"}, tmp_path / "second.log")
+    assert second.wait() == 0, second.output[-3000:]
+    assert metric(second.output, "feedback_sink", "slices") == 1
+    assert metric(second.output, "feedback_sink", "fanouts_in_progress") == 1
+    assert "budget_spent True" in second.output
     assert (small["adv_campaign_id"], small_client) in pipeline.pairs()
     assert len(pipeline.pairs()) == 4
     assert small_client.encode() in {m.key() for m in pipeline.output()}

@@ -20,6 +20,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 from promo_pipeline.defs.triggers.assets import triggers
 from promo_pipeline.fanout import (
     FANOUTS_IN_PROGRESS,
+    NEW_BESIDE_WALK,
     OUTBOX_MESSAGES,
     full_fanout_slices,
     move_id_sequence_past_manual_rows,
@@ -78,6 +79,11 @@ def feedback_sink(
     budget_spent = False
     with postgres.connect(autocommit=True) as conn:
         window = run_window(conn, context.run_id)
+        # Campaigns published during a walk wait for one slice of it, not for a budget's worth:
+        # the run ends after the slice that serves them, and the next one goes on with the walk.
+        new_beside_walk = bool(budget) and bool(
+            conn.execute(NEW_BESIDE_WALK, {"t": window.trigger_time}).fetchone()[0]
+        )
         moved = move_id_sequence_past_manual_rows(conn)
         if moved:
             context.log.warning(
@@ -95,7 +101,10 @@ def feedback_sink(
                 # test-only; no-op unless PROMO_FAULT_AT is set
                 fault_point("feedback_sink.slice")
                 # Every slice saved its position: stopping here leaves the rest to the next run.
-                budget_spent = bool(budget) and time.monotonic() - started >= budget
+                budget_spent = bool(budget) and (
+                    time.monotonic() - started >= budget
+                    or (new_beside_walk and step is full_fanout_slices)
+                )
                 if budget_spent:
                     break
             if budget_spent:
@@ -107,8 +116,12 @@ def feedback_sink(
     context.log.info(f"feedback sink: {inserted} rows in {slices} slices in {seconds} s")
     if budget_spent:
         context.log.info(
-            f"fan-out budget of {budget} s (PROMO_FANOUT_RUN_BUDGET_S) spent: "
-            f"{in_progress} fan-out(s) in progress go on in the next run"
+            (
+                "campaigns published during a fan-out served"
+                if new_beside_walk
+                else f"fan-out budget of {budget} s (PROMO_FANOUT_RUN_BUDGET_S) spent"
+            )
+            + f": {in_progress} fan-out(s) in progress go on in the next run"
         )
     top = sorted(written.items(), key=lambda item: -item[1])[:50]
     return MaterializeResult(
