@@ -111,14 +111,22 @@ WITH written AS (
 SELECT adv_campaign_id, count(*) FROM written GROUP BY 1
 """
 # Fan-out progress of the campaigns a slice reached: finished (with the watermark their walk
-# started from) or, for the one the slice ended in, the cursor to go on from.
+# started from) or, for the one the slice ended in, the cursor to go on from, with what
+# `promo status` shows of it: when the walk began, the subscribers walked, and the restaurant's
+# subscribers when it began (one index count, taken only by a walk that spans slices).
 FULL_SLICE_PROGRESS = """
 UPDATE promo.campaigns c
 SET fanout_through = CASE WHEN p.cursor IS NULL THEN coalesce(c.fanout_started_at, %(w)s) END,
     fanout_started_at = CASE WHEN p.cursor IS NULL THEN NULL
                              ELSE coalesce(c.fanout_started_at, %(w)s) END,
-    fanout_cursor = p.cursor
-FROM unnest(%(campaigns)s::text[], %(cursors)s::text[]) AS p(campaign, cursor)
+    fanout_cursor = p.cursor,
+    fanout_began = CASE WHEN p.cursor IS NOT NULL THEN coalesce(c.fanout_began, now()) END,
+    fanout_done = CASE WHEN p.cursor IS NOT NULL THEN coalesce(c.fanout_done, 0) + p.walked END,
+    fanout_total = CASE WHEN p.cursor IS NOT NULL THEN coalesce(c.fanout_total, (
+        SELECT count(DISTINCT lower(x.client_id)) FROM public.subscribers_restaurants x
+        WHERE lower(x.restaurant_id) = lower(c.restaurant_id))) END
+FROM unnest(%(campaigns)s::text[], %(cursors)s::text[], %(walked)s::int8[])
+     AS p(campaign, cursor, walked)
 WHERE c.adv_campaign_id = p.campaign
 """
 
@@ -152,6 +160,21 @@ SELECT adv_campaign_id, lower(restaurant_id), coalesce(fanout_cursor, '')
 FROM promo.campaigns
 WHERE {active_at("%(t)s")} AND fanout_through IS NULL
 ORDER BY fanout_cursor IS NOT NULL, updated_at, adv_campaign_id
+"""
+
+
+def in_progress_at(t: str) -> str:
+    """A full fan-out stopped between slices, which the next run goes on with: the campaign is
+    active at `t` and its walk saved a cursor."""
+    return f"{active_at(t)} AND fanout_through IS NULL AND fanout_cursor IS NOT NULL"
+
+
+FANOUTS_IN_PROGRESS = f"SELECT count(*) FROM promo.campaigns WHERE {in_progress_at('%(t)s')}"
+# Campaigns not yet started while another's walk is in progress: published during a giant's
+# fan-out. DUE_FULL puts them first, so the run's first full-fan-out slice serves them.
+NEW_BESIDE_WALK = f"""
+SELECT bool_or(fanout_cursor IS NULL) AND bool_or(fanout_cursor IS NOT NULL)
+FROM promo.campaigns WHERE {active_at("%(t)s")} AND fanout_through IS NULL
 """
 
 # The lowest watermark among the fanned-out active campaigns: new subscriptions start above it.
@@ -346,11 +369,13 @@ def full_fanout_slices(
                 _outbox(conn, window, campaign, *ranges[campaign], count)
             touched = [row[0] for row in due[:reached]]
             cursor = ranges[touched[-1]][1] if full else None
+            walked = {due[n - 1][0]: count for n, count, _, _ in planned}
             conn.execute(
                 FULL_SLICE_PROGRESS,
                 {
                     "campaigns": touched,
                     "cursors": [None] * (len(touched) - 1) + [cursor],
+                    "walked": [walked.get(campaign, 0) for campaign in touched],
                     "w": window.subscriber_watermark,
                 },
             )

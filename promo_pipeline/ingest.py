@@ -30,7 +30,14 @@ STATE_COLUMNS = (*CAMPAIGN_COLUMNS, "kafka_partition", "kafka_offset")
 
 # The fan-out made so far stays valid while the restaurant stays the same (a new window or text
 # changes no pair); a campaign moved to another restaurant is fanned out afresh.
-FANOUT_COLUMNS = ("fanout_through", "fanout_cursor", "fanout_started_at")
+FANOUT_COLUMNS = (
+    "fanout_through",
+    "fanout_cursor",
+    "fanout_started_at",
+    "fanout_began",
+    "fanout_done",
+    "fanout_total",
+)
 _KEEP_FANOUT = (
     "CASE WHEN lower(excluded.restaurant_id) = lower(promo.campaigns.restaurant_id) "
     "THEN promo.campaigns.{name} END"

@@ -348,12 +348,14 @@ class SparkResource(LazyPySparkResource):
 
 
 class StateResource(ConfigurableResource):
-    """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be, and
-    from what outbox size Spark sends the triggers."""
+    """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be, how
+    long a run may go on starting fan-out slices, and from what outbox size Spark sends the
+    triggers."""
 
     state_dir: str
     max_offsets_per_trigger: int
     trigger_slice_rows: int
+    fanout_run_budget_s: int
     push_spark_min_triggers: int
 
     @property
@@ -419,6 +421,7 @@ STATE_ENV = {
     "state_dir": "PROMO_STATE_DIR",
     "max_offsets_per_trigger": "PROMO_MAX_OFFSETS_PER_TRIGGER",
     "trigger_slice_rows": "PROMO_TRIGGER_SLICE_ROWS",
+    "fanout_run_budget_s": "PROMO_FANOUT_RUN_BUDGET_S",
     "push_spark_min_triggers": "PROMO_PUSH_SPARK_MIN_TRIGGERS",
 }
 

@@ -90,6 +90,15 @@ class Settings(BaseSettings):
         gt=0,
         description="triggers per committed slice of a fan-out (bounds a run's memory)",
     )
+    # A giant's full fan-out would hold every campaign published after its run started for the
+    # whole walk (runs never overlap): past this budget a run commits no further slice, sends
+    # what it wrote, and ends; the next run serves the new campaigns first, then goes on.
+    promo_fanout_run_budget_s: int = Field(
+        20,
+        ge=0,
+        description="seconds of a run's Postgres sink after which it starts no further fan-out "
+        "slice and leaves the rest to the next run (0: no limit)",
+    )
     # On one host the run's own producer is as fast as Spark's writer at 3M triggers, faster
     # below (no job to start) and lighter (bench/README.md): Spark's writer pays off where a
     # cluster's workers share a large send.

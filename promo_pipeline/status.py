@@ -14,7 +14,14 @@ from typing import Any
 import psycopg
 
 from promo_pipeline.checkpoint import InputPosition
-from promo_pipeline.fanout import active_at, cancelled_sql, db_now, held_at, unsent_triggers
+from promo_pipeline.fanout import (
+    active_at,
+    cancelled_sql,
+    db_now,
+    held_at,
+    in_progress_at,
+    unsent_triggers,
+)
 from promo_pipeline.schema import EPOCH_MAX, format_epoch
 from promo_pipeline.settings import Settings
 
@@ -36,6 +43,13 @@ ORDER BY adv_campaign_datetime_start, adv_campaign_id LIMIT 10
 STATUS_SKIPPED = """
 SELECT count(*), coalesce(sum((detail->>'skipped')::int8), 0)::int8 FROM promo.input_events
 WHERE topic = %s AND kind = 'rewind' AND (detail->>'skipped')::int8 > 0
+"""
+
+# The slices keep these counts up to date: a few rows, whatever the size of the walk.
+STATUS_FANOUTS = f"""
+SELECT adv_campaign_id, restaurant_id, fanout_done, fanout_total, fanout_began
+FROM promo.campaigns WHERE {in_progress_at("%(now)s")}
+ORDER BY fanout_began NULLS LAST, adv_campaign_id
 """
 
 STATUS_LAST_INPUT = """
@@ -193,7 +207,8 @@ def _event_line(kind: str, run_id: str | None, at: datetime, detail: dict[str, A
 def _campaigns(
     conn: psycopg.Connection, now: int, report: dict[str, Any], lines: list[str]
 ) -> None:
-    """Campaigns active, held (the next ones due, and when) and expired; the outbox."""
+    """Campaigns active, held (the next ones due, and when), expired and cancelled; the full
+    fan-outs in progress (subscribers walked of the restaurant's, since when); the outbox."""
     active, held, expired, cancelled = conn.execute(STATUS_CAMPAIGNS, {"now": now}).fetchone()
     report["campaigns"] = {
         "active": active,
@@ -211,6 +226,24 @@ def _campaigns(
             {"adv_campaign_id": campaign, "restaurant_id": restaurant, "start": start}
         )
         lines.append(f"  held {campaign} (restaurant {restaurant}) due {_when(start, now)}")
+    report["fanouts_in_progress"] = []
+    for campaign, restaurant, done, total, began in conn.execute(STATUS_FANOUTS, {"now": now}):
+        report["fanouts_in_progress"].append(
+            {
+                "adv_campaign_id": campaign,
+                "restaurant_id": restaurant,
+                "done": done,
+                "total": total,
+                "started_at": began.isoformat() if began else None,
+            }
+        )
+        share = f" ({100 * done / total:.0f}%)" if done is not None and total else ""
+        since = format_epoch(began.timestamp()) if began else "unknown"
+        lines.append(
+            f"  fan-out in progress: {campaign} (restaurant {restaurant}) "
+            f"{done if done is not None else '?'} of {total if total is not None else '?'} "
+            f"subscribers{share}, started {since}"
+        )
     unsent = unsent_triggers(conn)
     report["outbox"] = unsent
     lines.append(f"outbox: {unsent} triggers committed to Postgres await Kafka delivery")

@@ -4,6 +4,7 @@ survives a killed run. The slice size is set small so a handful of subscribers s
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -137,10 +138,21 @@ def test_run_killed_between_slices_keeps_them_and_the_next_run_goes_on(
     assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(2,)]
     assert pipeline.sql("SELECT fanout_cursor IS NOT NULL FROM promo.campaigns") == [(True,)]
 
-    # A campaign that arrives meanwhile is fanned out before the one in progress resumes.
+    # A campaign that arrives meanwhile is fanned out before the one in progress resumes, and
+    # its run ends after that slice; the next goes on with the walk.
     pipeline.publish(small)
     follower = ChildRun(env, tmp_path / "next.log")
     assert follower.wait() == 0, follower.output[-3000:]
+    first_written = pipeline.sql(
+        "SELECT adv_campaign_id FROM public.subscribers_feedback "
+        "WHERE trigger_datetime_created = (SELECT max(trigger_datetime_created) "
+        "FROM public.subscribers_feedback) ORDER BY id LIMIT 1"
+    )
+    assert first_written == [(small["adv_campaign_id"],)]
+    assert metric(follower.output, "feedback_sink", "slices") == 1
+    assert metric(follower.output, "feedback_sink", "fanouts_in_progress") == 1
+    last = ChildRun(env, tmp_path / "last.log")
+    assert last.wait() == 0, last.output[-3000:]
     expected = {(big["adv_campaign_id"], c) for c in big_clients} | {
         (small["adv_campaign_id"], c) for _, c in pipeline.sql(
             "SELECT restaurant_id, client_id FROM public.subscribers_restaurants "
@@ -150,12 +162,6 @@ def test_run_killed_between_slices_keeps_them_and_the_next_run_goes_on(
     recovery = check_recovered(pipeline, expected)
     assert recovery.ok, recovery.problems
     assert recovery.duplicates == 0
-    first_written = pipeline.sql(
-        "SELECT adv_campaign_id FROM public.subscribers_feedback "
-        "WHERE trigger_datetime_created = (SELECT max(trigger_datetime_created) "
-        "FROM public.subscribers_feedback) ORDER BY id LIMIT 1"
-    )
-    assert first_written == [(small["adv_campaign_id"],)]
 
 
 def test_rows_written_by_hand_above_the_id_sequence_do_not_stop_the_sink(
@@ -187,3 +193,137 @@ def test_rows_written_by_hand_above_the_id_sequence_do_not_stop_the_sink(
     assert pipeline.sql("SELECT min(id) FROM public.subscribers_feedback WHERE id > 10") != [
         (None,)
     ]
+
+
+def fanouts_in_progress(capsys: pytest.CaptureFixture[str]) -> tuple[list[dict], str]:
+    """`promo status --json`'s fan-outs in progress, and the text lines about them."""
+    import json
+
+    from promo_pipeline.cli import main
+
+    assert main(["status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert main(["status"]) == 0
+    text = capsys.readouterr().out
+    return report["fanouts_in_progress"], "\n".join(
+        line for line in text.splitlines() if "fan-out in progress" in line
+    )
+
+
+def past(seconds: float, since: float) -> None:
+    """Wait until the clock passes `since + seconds` (a run's budget; the clock, not a sync)."""
+    while time.monotonic() < since + seconds:
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(900)
+def test_status_shows_a_fan_out_in_progress_stopped_between_slices(
+    pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """done counts the subscribers walked, total the restaurant's distinct subscribers when the
+    walk began (duplicate and upper-cased rows are one subscriber); both kept by the slices."""
+    from datetime import datetime
+
+    big, done_before = campaign(), campaign()
+    clients = [new_uuid() for _ in range(7)]
+    pipeline.subscribe(
+        *[(client, big["restaurant_id"]) for client in clients],
+        (clients[0], big["restaurant_id"]),
+        (clients[1].upper(), big["restaurant_id"].upper()),
+        (new_uuid(), done_before["restaurant_id"]),
+    )
+    pipeline.publish(done_before)
+    pipeline.run_ok()
+    assert fanouts_in_progress(capsys) == ([], "")  # a walk done in one slice is never listed
+
+    pipeline.publish(big)
+    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2", "PROMO_FANOUT_RUN_BUDGET_S": "0"}
+    began = datetime.now().astimezone()
+    paused = ChildRun(env, tmp_path / "run.log", fault_at="feedback_sink.slice", fault_dir=tmp_path)
+    try:
+        paused.wait_reached()
+        listed, text = fanouts_in_progress(capsys)
+        assert [{k: v for k, v in entry.items() if k != "started_at"} for entry in listed] == [
+            {
+                "adv_campaign_id": big["adv_campaign_id"],
+                "restaurant_id": big["restaurant_id"],
+                "done": 2,
+                "total": 7,
+            }
+        ]
+        started_at = datetime.fromisoformat(listed[0]["started_at"])
+        assert began.timestamp() - 1 <= started_at.timestamp() <= time.time() + 1
+        assert f"{big['adv_campaign_id']} (restaurant {big['restaurant_id']}) 2 of 7" in text
+
+        paused.release()
+        assert paused.wait() == 0, paused.output[-3000:]
+    finally:
+        paused.stop()
+    assert fanouts_in_progress(capsys) == ([], "")
+    assert len(pipeline.pairs()) == 8
+
+
+@pytest.mark.timeout(900)
+def test_a_run_past_its_budget_leaves_the_fan_out_to_the_next_which_serves_new_campaigns_first(
+    pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past PROMO_FANOUT_RUN_BUDGET_S a run starts no further slice: it sends what it wrote and
+    ends with the walk's position saved. The next run fans out a campaign published meanwhile
+    first and ends after that slice; the one after goes on with the walk; no pair is lost or
+    written twice."""
+    big, small = campaign(), campaign()
+    big_clients = [new_uuid() for _ in range(7)]
+    pipeline.subscribe(*[(client, big["restaurant_id"]) for client in big_clients])
+    small_client = new_uuid()
+    pipeline.subscribe((small_client, small["restaurant_id"]))
+    pipeline.publish(big)
+    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2", "PROMO_FANOUT_RUN_BUDGET_S": "1"}
+
+    def one_budgeted_run(name: str) -> str:
+        """A run held after its first slice until its budget is spent, then let go."""
+        run = ChildRun(
+            env, tmp_path / f"{name}.log", fault_at="feedback_sink.slice", fault_dir=tmp_path / name
+        )
+        try:
+            run.wait_reached()
+            past(1.0, time.monotonic())
+            run.release()
+            assert run.wait() == 0, run.output[-3000:]
+        finally:
+            run.stop()
+        return run.output
+
+    first = one_budgeted_run("first")
+    assert metric(first, "feedback_sink", "slices") == 1
+    assert metric(first, "feedback_sink", "fanouts_in_progress") == 1
+    assert "budget_spent True" in first
+    assert metric(first, "push_sink", "sent_this_run") == 2  # what it wrote, sent before it ends
+    assert len(pipeline.pairs()) == 2
+    assert [(e["done"], e["total"]) for e in fanouts_in_progress(capsys)[0]] == [(2, 7)]
+
+    # Published during the walk: the next run (the default budget, far from spent) serves it
+    # in its first slice, filled up from the walk, and ends there rather than keep it waiting.
+    pipeline.publish(small)
+    second = ChildRun(pipeline.env | {"PROMO_TRIGGER_SLICE_ROWS": "2"}, tmp_path / "second.log")
+    assert second.wait() == 0, second.output[-3000:]
+    assert metric(second.output, "feedback_sink", "slices") == 1
+    assert metric(second.output, "feedback_sink", "fanouts_in_progress") == 1
+    assert "budget_spent True" in second.output
+    assert (small["adv_campaign_id"], small_client) in pipeline.pairs()
+    assert len(pipeline.pairs()) == 4
+    assert small_client.encode() in {m.key() for m in pipeline.output()}
+    assert [(e["done"], e["total"]) for e in fanouts_in_progress(capsys)[0]] == [(3, 7)]
+
+    kafka = kafka_resource(pipeline.settings)
+    postgres = postgres_resource(pipeline.settings)
+    checkpoint = str(checkpoint_dir(pipeline.settings.promo_state_dir))
+    assert big["adv_campaign_id"] in "; ".join(find_work(kafka, postgres, checkpoint).reasons)
+    pipeline.run_ok()  # the default budget: the rest of the walk in one run
+    assert not find_work(kafka, postgres, checkpoint).due
+    assert fanouts_in_progress(capsys) == ([], "")
+    expected = {(big["adv_campaign_id"], c) for c in big_clients} | {
+        (small["adv_campaign_id"], small_client)
+    }
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems
+    assert recovery.duplicates == 0

@@ -157,6 +157,7 @@ REVISIONS = [
     "0002_fanout_slices",
     "0003_input_position",
     "0004_unsent_triggers_view",
+    "0005_dead_letters",
 ]
 
 

@@ -19,13 +19,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     Input lag per partition (broker end vs the pipeline's checkpoint), or why there is
     none to count (topic recreated, checkpoint corrupt or missing), offsets lost to
     retention or skipped by a rewind and other recent input events, campaigns active, held
-    (and when due), expired and cancelled, triggers awaiting Kafka, and what the last run
-    did. With DAGSTER_HOME set, also the last Dagster run. --json prints the same as one
-    JSON object; on a failure, {"error": "..."} and a non-zero exit.
+    (and when due), expired and cancelled, fan-outs in progress (subscribers done of total,
+    since when), triggers awaiting Kafka, and what the last run did. With DAGSTER_HOME set,
+    also the last Dagster run. --json prints the same as one JSON object; on a failure,
+    {"error": "..."} and a non-zero exit.
 
     examples:
     promo status
     promo status --json | jq .input
+    promo status --json | jq .fanouts_in_progress
     """
     if args.json:
         # Monitoring scripts read stdout: a failure is a JSON object there too, not silence.

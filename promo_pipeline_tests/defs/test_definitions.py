@@ -100,13 +100,17 @@ def test_job_runs_every_asset_and_check(defs: Definitions) -> None:
 
 def test_sensor(defs: Definitions) -> None:
     repository = defs.get_repository_def()
-    assert [sensor.name for sensor in repository.sensor_defs] == ["promo_work_sensor"]
+    assert sorted(sensor.name for sensor in repository.sensor_defs) == [
+        "promo_next_run_sensor",
+        "promo_work_sensor",
+    ]
     assert repository.schedule_defs == []
-    sensor = defs.resolve_sensor_def("promo_work_sensor")
-    assert sensor.minimum_interval_seconds == 60
-    assert sensor.job_name == "promo_job"
-    assert sensor.default_status == DefaultSensorStatus.RUNNING
-    assert set(sensor.required_resource_keys) == {"kafka", "postgres", "state"}
+    for name, interval in (("promo_work_sensor", 60), ("promo_next_run_sensor", 5)):
+        sensor = defs.resolve_sensor_def(name)
+        assert sensor.minimum_interval_seconds == interval
+        assert sensor.job_name == "promo_job"
+        assert sensor.default_status == DefaultSensorStatus.RUNNING
+        assert set(sensor.required_resource_keys) == {"kafka", "postgres", "state"}
 
 
 def test_resources(defs: Definitions) -> None:

@@ -154,3 +154,69 @@ def test_sensor_survives_a_stored_millisecond_campaign(pipeline: Pipeline) -> No
     assert isinstance(idle, SkipReason), idle
     start = stored["adv_campaign_datetime_start"]
     assert f"next held campaign due at epoch {start} (out of range)" in idle.skip_message
+
+
+def test_next_run_sensor_launches_a_run_right_after_one_that_left_work(
+    pipeline: Pipeline,
+) -> None:
+    """On a run's success: a run if a fan-out is left in progress or campaigns arrived while it
+    ran, none if nothing is left or a run is already launched (runs never overlap)."""
+    from dagster import DagsterEvent, DagsterEventType, build_run_status_sensor_context
+
+    from promo_pipeline.defs.sensors import promo_next_run_sensor
+    from promo_pipeline_tests.support.faults import wait_topics_ready
+
+    wait_topics_ready(pipeline.settings)  # the sensor reads watermarks of the topics just made
+    instance = DagsterInstance.ephemeral()
+    finished = instance.add_run(
+        DagsterRun(job_name="promo_job", run_id=new_uuid(), status=DagsterRunStatus.SUCCESS)
+    )
+
+    def after_success() -> RunRequest | SkipReason:
+        context = build_run_status_sensor_context(
+            sensor_name="promo_next_run_sensor",
+            dagster_event=DagsterEvent(
+                event_type_value=DagsterEventType.RUN_SUCCESS.value, job_name="promo_job"
+            ),
+            dagster_instance=instance,
+            dagster_run=finished,
+            resources={
+                "kafka": kafka_resource(pipeline.settings),
+                "postgres": postgres_resource(pipeline.settings),
+                "state": state_resource(pipeline.settings),
+            },
+        )
+        result = promo_next_run_sensor(context)
+        assert isinstance(result, RunRequest | SkipReason)
+        return result
+
+    idle = after_success()
+    assert isinstance(idle, SkipReason)
+    assert f"after run {finished.run_id[:8]}" in idle.skip_message
+
+    giant = campaign()
+    pipeline.subscribe(*[(new_uuid(), giant["restaurant_id"]) for _ in range(3)])
+    pipeline.publish(giant)
+    arrived = after_success()  # published while the run ran
+    assert isinstance(arrived, RunRequest)
+    assert "1 new campaign messages" in arrived.tags["promo/reason"]
+    pipeline.run_ok()
+    assert isinstance(after_success(), SkipReason)
+
+    # A walk stopped by its run's budget, as a run leaves it: active, not done, a cursor saved.
+    pipeline.sql(
+        "UPDATE promo.campaigns SET fanout_through = NULL, fanout_cursor = '0', "
+        "fanout_started_at = 1 WHERE adv_campaign_id = %s",
+        (giant["adv_campaign_id"],),
+    )
+    left = after_success()
+    assert isinstance(left, RunRequest)
+    assert giant["adv_campaign_id"] in left.tags["promo/reason"]
+    assert left.tags["promo/reason"].startswith(f"after run {finished.run_id[:8]}")
+
+    queued = instance.add_run(
+        DagsterRun(job_name="promo_job", run_id=new_uuid(), status=DagsterRunStatus.NOT_STARTED)
+    )
+    launched = after_success()
+    assert isinstance(launched, SkipReason)
+    assert f"run {queued.run_id[:8]} is already launched" in launched.skip_message

@@ -19,6 +19,8 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from promo_pipeline.defs.triggers.assets import triggers
 from promo_pipeline.fanout import (
+    FANOUTS_IN_PROGRESS,
+    NEW_BESIDE_WALK,
     OUTBOX_MESSAGES,
     full_fanout_slices,
     move_id_sequence_past_manual_rows,
@@ -72,8 +74,16 @@ def feedback_sink(
     started = time.monotonic()
     written: dict[str, int] = {}
     slices = 0
+    # Past the budget no further slice starts; the slice under way when it runs out completes.
+    budget = state.fanout_run_budget_s
+    budget_spent = False
     with postgres.connect(autocommit=True) as conn:
         window = run_window(conn, context.run_id)
+        # Campaigns published during a walk wait for one slice of it, not for a budget's worth:
+        # the run ends after the slice that serves them, and the next one goes on with the walk.
+        new_beside_walk = bool(budget) and bool(
+            conn.execute(NEW_BESIDE_WALK, {"t": window.trigger_time}).fetchone()[0]
+        )
         moved = move_id_sequence_past_manual_rows(conn)
         if moved:
             context.log.warning(
@@ -90,10 +100,29 @@ def feedback_sink(
                     written[campaign] = written.get(campaign, 0) + count
                 # test-only; no-op unless PROMO_FAULT_AT is set
                 fault_point("feedback_sink.slice")
+                # Every slice saved its position: stopping here leaves the rest to the next run.
+                budget_spent = bool(budget) and (
+                    time.monotonic() - started >= budget
+                    or (new_beside_walk and step is full_fanout_slices)
+                )
+                if budget_spent:
+                    break
+            if budget_spent:
+                break
+        in_progress = conn.execute(FANOUTS_IN_PROGRESS, {"t": window.trigger_time}).fetchone()[0]
     fault_point("feedback_sink.committed")  # test-only; no-op unless PROMO_FAULT_AT is set
     inserted = sum(written.values())
     seconds = round(time.monotonic() - started, 3)
     context.log.info(f"feedback sink: {inserted} rows in {slices} slices in {seconds} s")
+    if budget_spent:
+        context.log.info(
+            (
+                "campaigns published during a fan-out served"
+                if new_beside_walk
+                else f"fan-out budget of {budget} s (PROMO_FANOUT_RUN_BUDGET_S) spent"
+            )
+            + f": {in_progress} fan-out(s) in progress go on in the next run"
+        )
     top = sorted(written.items(), key=lambda item: -item[1])[:50]
     return MaterializeResult(
         metadata={
@@ -103,6 +132,8 @@ def feedback_sink(
             "run_time": window.trigger_time,
             "per_campaign": dict(top),
             "id_sequence_moved_from": moved[0] if moved else -1,
+            "budget_spent": budget_spent,
+            "fanouts_in_progress": in_progress,
             "seconds": seconds,
         }
     )
