@@ -330,7 +330,7 @@ def test_image_is_built_once_and_reused(resolved: tuple[dict[str, Any], str]) ->
     ours = {name for name, service in services.items() if service["image"] == IMAGE}
     assert ours == PROMO_SERVICES | {"spark_connect"}
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert 'pip install --no-cache-dir ".[docker]"' in dockerfile
+    assert 'pip install --no-cache-dir -c constraints.txt ".[docker]"' in dockerfile
     pyproject = (REPO / "pyproject.toml").read_text()
     assert '"dagster-docker==0.29.27"' in pyproject and '"dagster==1.13.27"' in pyproject
 
