@@ -296,13 +296,16 @@ class SparkResource(LazyPySparkResource):
 
 
 class StateResource(ConfigurableResource):
-    """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be, and
-    from what outbox size Spark sends the triggers."""
+    """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be, how
+    many connections write a fan-out, how often it reports progress, and from what outbox size
+    Spark sends the triggers."""
 
     state_dir: str
     max_offsets_per_trigger: int
     trigger_slice_rows: int
     push_spark_min_triggers: int
+    sink_writers: int
+    progress_every_s: int
 
     @property
     def checkpoint_dir(self) -> str:
@@ -362,6 +365,8 @@ STATE_ENV = {
     "max_offsets_per_trigger": "PROMO_MAX_OFFSETS_PER_TRIGGER",
     "trigger_slice_rows": "PROMO_TRIGGER_SLICE_ROWS",
     "push_spark_min_triggers": "PROMO_PUSH_SPARK_MIN_TRIGGERS",
+    "sink_writers": "PROMO_SINK_WRITERS",
+    "progress_every_s": "PROMO_PROGRESS_EVERY_S",
 }
 
 

@@ -76,6 +76,15 @@ class Settings(BaseSettings):
         gt=0,
         description="triggers per committed slice of a fan-out (bounds a run's memory)",
     )
+    promo_sink_writers: int = Field(
+        0,
+        ge=0,
+        description="connections that write a fan-out's slices concurrently (each its own "
+        "Postgres backend); 0: one per CPU core of the run's host",
+    )
+    promo_progress_every_s: int = Field(
+        10, ge=0, description="seconds between a fan-out's progress lines in the run's log"
+    )
     # On one host the run's own producer is as fast as Spark's writer at 3M triggers, faster
     # below (no job to start) and lighter (bench/README.md): Spark's writer pays off where a
     # cluster's workers share a large send.

@@ -12,7 +12,7 @@ import pytest
 from promo_pipeline.resources import kafka_resource, postgres_resource
 from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline.work import find_work
-from promo_pipeline_tests.support.faults import ChildRun, check_recovered
+from promo_pipeline_tests.support.faults import ChildRun, check_recovered, poll
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
@@ -123,7 +123,8 @@ def test_run_killed_between_slices_keeps_them_and_the_next_run_goes_on(
     pipeline.subscribe(*[(client, big["restaurant_id"]) for client in big_clients])
     pipeline.subscribe((new_uuid(), small["restaurant_id"]))
     pipeline.publish(big)
-    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2"}
+    # One writer: the run stops with exactly its first slice committed.
+    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2", "PROMO_SINK_WRITERS": "1"}
     killed = ChildRun(
         env, tmp_path / "killed.log", fault_at="feedback_sink.slice", fault_dir=tmp_path / "f"
     )
@@ -187,3 +188,119 @@ def test_rows_written_by_hand_above_the_id_sequence_do_not_stop_the_sink(
     assert pipeline.sql("SELECT min(id) FROM public.subscribers_feedback WHERE id > 10") != [
         (None,)
     ]
+
+
+PROGRESS = re.compile(r"feedback_sink: ([\d,]+) / ([\d,]+) triggers \([\d.]+%\), [\d,]+/s, ETA")
+
+
+def progress_lines(output: str) -> list[tuple[int, int]]:
+    """(done, total) of each progress line in a `promo run` output."""
+    return [
+        (int(done.replace(",", "")), int(total.replace(",", "")))
+        for done, total in PROGRESS.findall(output)
+    ]
+
+
+@pytest.mark.timeout(900)
+def test_concurrent_writers_write_each_pair_once_report_progress_and_resend_same_bytes(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    expected = pipeline.publish_active(campaigns=3, clients=5)
+    big = campaign()
+    big_clients = [new_uuid() for _ in range(11)]
+    pipeline.subscribe(
+        *[(client, big["restaurant_id"]) for client in big_clients],
+        (big_clients[0].upper(), big["restaurant_id"]),  # the same subscriber again: one pair
+    )
+    pipeline.publish(big)
+    expected |= {(big["adv_campaign_id"], client) for client in big_clients}
+    env = {
+        **pipeline.env,
+        "PROMO_TRIGGER_SLICE_ROWS": "2",
+        "PROMO_SINK_WRITERS": "3",
+        "PROMO_PROGRESS_EVERY_S": "0",  # a line after every slice
+    }
+    run = ChildRun(env, tmp_path / "writers.log")
+    assert run.wait() == 0, run.output[-3000:]
+
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems
+    assert recovery.duplicates == 0
+    # 26 pairs in slices of 2: the lines count up to the total the plan counted.
+    lines = progress_lines(run.output)
+    assert len(lines) >= 10, run.output[-3000:]
+    assert {total for _, total in lines} == {len(expected)}
+    assert [done for done, _ in lines] == sorted(done for done, _ in lines)
+    assert lines[-1][0] == len(expected)
+    assert "by 3 writers" in run.output
+
+    # Every slice queued again, as a run that died before Kafka acknowledged them leaves them:
+    # the resend, by the same writers' run, is byte for byte the first send.
+    pipeline.sql(
+        "INSERT INTO promo.trigger_outbox (run_id, adv_campaign_id, client_first, client_last, "
+        "trigger_time, triggers) SELECT 'died', adv_campaign_id, min(client_id), max(client_id), "
+        "min(trigger_datetime_created), count(*) FROM public.subscribers_feedback GROUP BY 2"
+    )
+    again = ChildRun(env, tmp_path / "resend.log")
+    assert again.wait() == 0, again.output[-3000:]
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems
+    assert recovery.duplicates == len(expected)
+
+
+def open_slice_writers(pipeline: Pipeline) -> int:
+    """Connections of the run's database inside a transaction (slice writers mid-slice)."""
+    return pipeline.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'idle in transaction'"
+    )[0][0]
+
+
+@pytest.mark.timeout(900)
+def test_kills_while_writers_are_mid_slice_or_ahead_of_the_saved_position_lose_nothing(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    active = campaign()
+    clients = sorted(new_uuid() for _ in range(9))
+    pipeline.subscribe(*[(client, active["restaurant_id"]) for client in clients])
+    pipeline.publish(active)
+    expected = {(active["adv_campaign_id"], client) for client in clients}
+    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2", "PROMO_SINK_WRITERS": "2"}
+
+    # Killed while two writers each hold a written, uncommitted slice: neither leaves a row.
+    mid_slice = ChildRun(
+        env, tmp_path / "mid.log", fault_at="feedback_sink.writing", fault_dir=tmp_path / "f1"
+    )
+    try:
+        mid_slice.wait_reached()
+        poll(lambda: open_slice_writers(pipeline) >= 2, 60, "two writers mid-slice")
+        mid_slice.kill()
+    finally:
+        mid_slice.stop()
+    assert pipeline.pairs() == set()
+    assert pipeline.sql("SELECT count(*) FROM promo.trigger_outbox") == [(0,)]
+
+    # Killed while the run waits after its first slice: the writers go on committing the
+    # slices in flight (4 of 5), but the saved position stays after the first one.
+    ahead = ChildRun(
+        env, tmp_path / "ahead.log", fault_at="feedback_sink.slice", fault_dir=tmp_path / "f2"
+    )
+    try:
+        ahead.wait_reached()
+        poll(lambda: len(pipeline.pairs()) == 8, 60, "the slices in flight committed")
+        ahead.kill()
+    finally:
+        ahead.stop()
+    assert pipeline.pairs() == {(active["adv_campaign_id"], c) for c in clients[:8]}
+    assert pipeline.sql("SELECT fanout_cursor FROM promo.campaigns") == [(clients[1],)]
+    assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(8,)]
+
+    # The next run walks again from the saved position: the committed pairs are skipped, the
+    # last one written, every trigger sent, none twice in Postgres.
+    recovery_run = ChildRun(env, tmp_path / "recovery.log")
+    assert recovery_run.wait() == 0, recovery_run.output[-3000:]
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems
+    assert recovery.duplicates == 0
+    progress = "SELECT fanout_cursor, fanout_through IS NOT NULL FROM promo.campaigns"
+    assert pipeline.sql(progress) == [(None, True)]

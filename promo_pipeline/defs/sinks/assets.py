@@ -11,6 +11,8 @@ them again, built by the same query from the stored rows, so the resent messages
 byte-identical whichever path sends them.
 """
 
+import functools
+import os
 import time
 
 import psycopg
@@ -20,6 +22,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 from promo_pipeline.defs.triggers.assets import triggers
 from promo_pipeline.fanout import (
     OUTBOX_MESSAGES,
+    FanoutProgress,
     full_fanout_slices,
     move_id_sequence_past_manual_rows,
     new_subscription_slices,
@@ -80,9 +83,19 @@ def feedback_sink(
                 f"subscribers_feedback holds ids up to {moved[1]} written past its id sequence "
                 f"(at {moved[0]}), by hand or by another writer: the sequence now starts above them"
             )
+        writers = state.sink_writers or os.cpu_count() or 1
+        progress = FanoutProgress(context.log.info, "feedback_sink", state.progress_every_s)
+        full_fanouts = functools.partial(
+            full_fanout_slices,
+            writers=writers,
+            connect=lambda: psycopg.connect(postgres.conninfo(), autocommit=True),
+            progress=progress,
+            # test-only; no-op unless PROMO_FAULT_AT is set
+            before_commit=lambda: fault_point("feedback_sink.writing"),
+        )
         # New subscriptions of fanned-out campaigns first (small), then the full fan-outs, then
         # once more for the campaigns whose full fan-out just ended below W.
-        steps = (new_subscription_slices, full_fanout_slices, new_subscription_slices)
+        steps = (new_subscription_slices, full_fanouts, new_subscription_slices)
         for step in steps:
             for per_campaign in step(conn, window, state.trigger_slice_rows):
                 slices += 1
@@ -93,7 +106,9 @@ def feedback_sink(
     fault_point("feedback_sink.committed")  # test-only; no-op unless PROMO_FAULT_AT is set
     inserted = sum(written.values())
     seconds = round(time.monotonic() - started, 3)
-    context.log.info(f"feedback sink: {inserted} rows in {slices} slices in {seconds} s")
+    context.log.info(
+        f"feedback sink: {inserted} rows in {slices} slices by {writers} writers in {seconds} s"
+    )
     top = sorted(written.items(), key=lambda item: -item[1])[:50]
     return MaterializeResult(
         metadata={
@@ -103,6 +118,7 @@ def feedback_sink(
             "run_time": window.trigger_time,
             "per_campaign": dict(top),
             "id_sequence_moved_from": moved[0] if moved else -1,
+            "writers": writers,
             "seconds": seconds,
         }
     )
