@@ -90,6 +90,8 @@ def compare(args: argparse.Namespace, base: dict[str, str], work: Path, meta: di
         for contender in order:
             try:
                 results.append(bm.run_contender(contender, data, base, work, 0))
+                done = results[-1]
+                print(f"    peak RSS {done.peak_rss_mb:,.0f} MB, stages {done.stages}", flush=True)
             except RuntimeError as error:  # reported, and missing from the table
                 print(f"  {data.size.name} {contender}: FAILED: {error}", flush=True)
                 bm.FAILURES.append(f"{data.size.name} {contender}: {error}")

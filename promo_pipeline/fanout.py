@@ -74,8 +74,10 @@ WITH pairs AS (
 )
 SELECT n, count(*), min(client_id), max(client_id) FROM pairs GROUP BY n ORDER BY n
 """
-# The planned ranges' pairs not yet triggered, written: a plain INSERT behind an anti-join
-# writes less than ON CONFLICT's speculative insertion, and the unique index still guards it.
+# The planned ranges' pairs not yet triggered, written. ON CONFLICT, not an anti-join: the
+# unique index's own check is always a probe of the whole key, whereas an anti-join planned on a
+# ledger still empty at planning time probed by campaign alone, so a writer scanned every row the
+# other writers were adding, once per subscriber (a 250k slice stalled for minutes).
 FULL_SLICE = f"""
 WITH written AS (
     INSERT INTO public.subscribers_feedback ({_TRIGGER_COLUMNS})
@@ -87,9 +89,8 @@ WITH written AS (
         SELECT DISTINCT lower(x.client_id) AS client_id FROM public.subscribers_restaurants x
         WHERE lower(x.restaurant_id) = lower(c.restaurant_id)
           AND lower(x.client_id) BETWEEN g.first AND g.last) slice
-    WHERE NOT EXISTS (SELECT 1 FROM public.subscribers_feedback f
-                      WHERE f.adv_campaign_id = c.adv_campaign_id AND f.client_id = slice.client_id)
     ORDER BY g.n, slice.client_id
+    ON CONFLICT (adv_campaign_id, client_id) DO NOTHING
     RETURNING adv_campaign_id
 )
 SELECT adv_campaign_id, count(*) FROM written GROUP BY 1
