@@ -1,12 +1,19 @@
-"""Fan-out benchmark: one campaign of one restaurant with 1M, 3M and 10M subscribers, beside
-10M unrelated subscriptions, then the steady state at the largest size (one new subscription).
+"""Fan-out benchmark: one campaign of one restaurant (a national chain) beside unrelated
+subscriptions.
 
-Each run is `promo_job` in a fresh process on a warm Spark Connect server, as the sensor
-launches it. Printed per size: wall time, peak RSS of the run's process tree plus the Connect
-server's, triggers/s, and both sinks verified. Then the steady state: the sensor's check and
-the run that follows one new subscription. Results: bench/results/fanout.json and fanout.png.
+Side by side (the default, `--contenders promo,seed,raw`): for each size, on the same data and
+interleaved (the order turns from size to size), the pipeline (`promo_job` in a fresh process
+on a warm Spark Connect server), the seed's design (bench/seed_query.py on seed-only DDL) and
+the raw contender (COPY + confluent-kafka), each on its own database and topics, through
+bench/benchmark.py's contender runs: wall time, triggers/s, peak RSS, each stage's seconds,
+both sinks verified, and the ratios. Results: bench/results/<name>.json and .png.
 
-    .venv/bin/python bench/fanout.py [--sizes 1000000,3000000,10000000] [--unrelated 10000000]
+    .venv/bin/python bench/fanout.py [--sizes 1000000,6000000] [--unrelated 2000000]
+
+The pipeline alone (`--contenders promo`): each size from a template database, then the steady
+state at the largest size (the sensor's check and the run after one new subscription).
+
+    .venv/bin/python bench/fanout.py --contenders promo --sizes 10000000 --unrelated 10000000
 """
 
 from __future__ import annotations
@@ -14,9 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import tempfile
 import time
+import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,69 @@ CAMPAIGN = {
     **bm.data_campaign(RESTAURANT),
     "adv_campaign_id": "0f0f0f0f-0000-4000-8000-00000000c001",
 }
+
+
+@dataclass(frozen=True)
+class Chain(bm.Size):
+    """One campaign of one restaurant with `subscribers`, beside `subscriptions - subscribers`
+    unrelated subscriptions of 100k other restaurants."""
+
+    subscribers: int = 0
+
+    @property
+    def triggers(self) -> int:
+        return self.subscribers
+
+
+def chain_data(subscribers: int, unrelated: int, seed: int = 6) -> bm.Data:
+    """The same rows for every contender: the chain's subscribers, then the unrelated ones."""
+    rng = random.Random(f"{seed}-{subscribers}")
+
+    def new_id() -> str:
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+    others = [new_id() for _ in range(100_000)]
+    lines = [f"{new_id()},{RESTAURANT}\n" for _ in range(subscribers)]
+    lines += [f"{new_id()},{others[i % len(others)]}\n" for i in range(unrelated)]
+    shape = Chain(f"{subscribers // 1_000_000}M", 1, 1, subscribers + unrelated, subscribers)
+    bm.SIZES[shape.name] = shape  # so benchmark.py's summary and chart list it
+    return bm.Data(shape, [CAMPAIGN], "".join(lines).encode())
+
+
+def compare(args: argparse.Namespace, base: dict[str, str], work: Path, meta: dict) -> None:
+    """Every contender on every size, interleaved; the summary as benchmark.py prints it."""
+    contenders = args.contenders.split(",")
+    results: list[bm.Result] = []
+    if "promo" in contenders:
+        print("warming up the Spark Connect server (not measured)", flush=True)
+        bm.run_contender("promo", bm.generate(bm.SIZES["small"]), base, work, -1)
+    for turn, size in enumerate(int(size) for size in args.sizes.split(",")):
+        data = chain_data(size, args.unrelated)
+        print(f"{data.size.name}: {size:,} triggers beside {args.unrelated:,}", flush=True)
+        order = contenders[turn % len(contenders) :] + contenders[: turn % len(contenders)]
+        for contender in order:
+            try:
+                results.append(bm.run_contender(contender, data, base, work, 0))
+                done = results[-1]
+                print(f"    peak RSS {done.peak_rss_mb:,.0f} MB, stages {done.stages}", flush=True)
+            except RuntimeError as error:  # reported, and missing from the table
+                print(f"  {data.size.name} {contender}: FAILED: {error}", flush=True)
+                bm.FAILURES.append(f"{data.size.name} {contender}: {error}")
+        del data
+    meta["load_after"] = bm.load_average()
+    rows = bm.summarise(results)
+    print()
+    bm.print_table(rows)
+    summary = {
+        "meta": meta,
+        "summary": rows,
+        "failures": bm.FAILURES,
+        "runs": [asdict(r) for r in results],
+    }
+    bm.RESULTS.mkdir(parents=True, exist_ok=True)
+    (bm.RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    bm.chart(rows, bm.RESULTS / f"{args.name}.png")
+    print(f"\nwrote {bm.RESULTS / args.name}.json and .png")
 
 
 def build_template(base: dict[str, str], unrelated: int) -> float:
@@ -100,12 +173,13 @@ def tick(slot: bm.Slot) -> tuple[float, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default="1000000,3000000,10000000")
-    parser.add_argument("--unrelated", type=int, default=10_000_000)
+    parser.add_argument("--sizes", default="1000000,6000000")
+    parser.add_argument("--unrelated", type=int, default=2_000_000)
+    parser.add_argument("--contenders", default="promo,seed,raw")
     parser.add_argument(
         "--stack-dir", default=os.environ.get("PROMO_BENCH_STACK", "/tmp/promo-bench-stack")
     )
-    parser.add_argument("--name", default="fanout")
+    parser.add_argument("--name", help="result file name (default: fanout_compare / fanout)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
 
@@ -120,6 +194,16 @@ def main() -> None:
         "load_before": bm.load_average(),
         "unrelated_subscriptions": args.unrelated,
     }
+    if args.contenders != "promo":
+        args.name = args.name or "fanout_compare"
+        server = bm.start_connect(base, work, meta) if "promo" in args.contenders else None
+        try:
+            compare(args, base, work, meta)
+        finally:
+            if server is not None:
+                server.stop()
+        return
+    args.name = args.name or "fanout"
     server = bm.start_connect(base, work, meta)
     rows: list[dict[str, Any]] = []
     steady: dict[str, Any] = {}

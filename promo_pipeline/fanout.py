@@ -18,8 +18,12 @@ Functions take autocommit connections: each slice is its own `conn.transaction()
 
 from __future__ import annotations
 
+import queue
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import psycopg
@@ -90,8 +94,10 @@ WITH pairs AS (
 )
 SELECT n, count(*), min(client_id), max(client_id) FROM pairs GROUP BY n ORDER BY n
 """
-# The planned ranges' pairs not yet triggered, written: a plain INSERT behind an anti-join
-# writes less than ON CONFLICT's speculative insertion, and the unique index still guards it.
+# The planned ranges' pairs not yet triggered, written. ON CONFLICT, not an anti-join: the
+# unique index's own check is always a probe of the whole key, whereas an anti-join planned on a
+# ledger still empty at planning time probed by campaign alone, so a writer scanned every row the
+# other writers were adding, once per subscriber (a 250k slice stalled for minutes).
 FULL_SLICE = f"""
 WITH written AS (
     INSERT INTO public.subscribers_feedback ({_TRIGGER_COLUMNS})
@@ -103,9 +109,8 @@ WITH written AS (
         SELECT DISTINCT lower(x.client_id) AS client_id FROM public.subscribers_restaurants x
         WHERE lower(x.restaurant_id) = lower(c.restaurant_id)
           AND lower(x.client_id) BETWEEN g.first AND g.last) slice
-    WHERE NOT EXISTS (SELECT 1 FROM public.subscribers_feedback f
-                      WHERE f.adv_campaign_id = c.adv_campaign_id AND f.client_id = slice.client_id)
     ORDER BY g.n, slice.client_id
+    ON CONFLICT (adv_campaign_id, client_id) DO NOTHING
     RETURNING adv_campaign_id
 )
 SELECT adv_campaign_id, count(*) FROM written GROUP BY 1
@@ -175,6 +180,17 @@ FANOUTS_IN_PROGRESS = f"SELECT count(*) FROM promo.campaigns WHERE {in_progress_
 NEW_BESIDE_WALK = f"""
 SELECT bool_or(fanout_cursor IS NULL) AND bool_or(fanout_cursor IS NOT NULL)
 FROM promo.campaigns WHERE {active_at("%(t)s")} AND fanout_through IS NULL
+"""
+
+# How many subscribers the due full fan-outs still walk: each restaurant's index range after
+# the campaign's cursor, counted as the slices will walk it (distinct clients).
+DUE_PAIRS = """
+SELECT coalesce(sum(s.n), 0)
+FROM unnest(%(restaurants)s::text[], %(afters)s::text[]) AS d(restaurant, after)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM (
+        SELECT DISTINCT lower(x.client_id) FROM public.subscribers_restaurants x
+        WHERE lower(x.restaurant_id) = d.restaurant AND lower(x.client_id) > d.after) c) s
 """
 
 # The lowest watermark among the fanned-out active campaigns: new subscriptions start above it.
@@ -329,57 +345,227 @@ def new_subscription_slices(
         lo = hi
 
 
-def full_fanout_slices(
+@dataclass(frozen=True)
+class FullSlice:
+    """One planned slice of the due full fan-outs: each campaign's client range and pair count,
+    and the fan-out progress it makes (`touched` campaigns, the last one left at `cursor`;
+    None: finished; `walked`: subscribers walked per campaign, for `promo status`)."""
+
+    ranges: dict[str, tuple[str, str]]
+    pairs: int
+    touched: list[str]
+    cursor: str | None
+    walked: dict[str, int]
+
+
+def due_full_pairs(conn: psycopg.Connection, window: Window) -> int:
+    """The subscribers still to walk in the due full fan-outs: the progress lines' total. A
+    count of each restaurant's range of the subscriber index, after the campaign's cursor."""
+    due = conn.execute(DUE_FULL, {"t": window.trigger_time}).fetchall()
+    if not due:
+        return 0
+    return int(
+        conn.execute(
+            DUE_PAIRS,
+            {"restaurants": [row[1] for row in due], "afters": [row[2] for row in due]},
+        ).fetchone()[0]
+    )
+
+
+def plan_full_slices(
     conn: psycopg.Connection, window: Window, slice_rows: int
-) -> Iterator[dict[str, int]]:
-    """Every due campaign's full fan-out, `slice_rows` pairs per committed slice; each slice
-    saves the campaigns' progress with its rows, so a new run resumes where this one stopped."""
+) -> Iterator[FullSlice]:
+    """The due full fan-outs cut into slices of `slice_rows` pairs, in the walk's order. Only
+    reads the subscriber index, so it can run ahead of the slices' writers."""
     due = [list(row) for row in conn.execute(DUE_FULL, {"t": window.trigger_time})]
     while due:
-        with conn.transaction():
-            planned = conn.execute(
-                FULL_SLICE_PLAN,
-                {
-                    "campaigns": [row[0] for row in due],
-                    "restaurants": [row[1] for row in due],
-                    "afters": [row[2] for row in due],
-                    "rows": slice_rows,
-                },
-            ).fetchall()
-            full = sum(count for _, count, _, _ in planned) >= slice_rows
-            # A full slice may have cut its last campaign short: every campaign before that one
-            # is done, and every due campaign is when the slice is not full.
-            reached = planned[-1][0] if full else len(due)
-            ranges = {due[n - 1][0]: (first, last) for n, _, first, last in planned}
-            written: dict[str, int] = {}
-            if ranges:
-                written = dict(
-                    conn.execute(
-                        FULL_SLICE,
-                        {
-                            "campaigns": list(ranges),
-                            "firsts": [first for first, _ in ranges.values()],
-                            "lasts": [last for _, last in ranges.values()],
-                            "t": window.trigger_time,
-                        },
-                    ).fetchall()
-                )
-            for campaign, count in written.items():
-                # The rows of the range stamped T are exactly this slice's.
-                _outbox(conn, window, campaign, *ranges[campaign], count)
-            touched = [row[0] for row in due[:reached]]
-            cursor = ranges[touched[-1]][1] if full else None
-            walked = {due[n - 1][0]: count for n, count, _, _ in planned}
-            conn.execute(
-                FULL_SLICE_PROGRESS,
-                {
-                    "campaigns": touched,
-                    "cursors": [None] * (len(touched) - 1) + [cursor],
-                    "walked": [walked.get(campaign, 0) for campaign in touched],
-                    "w": window.subscriber_watermark,
-                },
-            )
-        yield written
+        planned = conn.execute(
+            FULL_SLICE_PLAN,
+            {
+                "campaigns": [row[0] for row in due],
+                "restaurants": [row[1] for row in due],
+                "afters": [row[2] for row in due],
+                "rows": slice_rows,
+            },
+        ).fetchall()
+        pairs = sum(count for _, count, _, _ in planned)
+        full = pairs >= slice_rows
+        # A full slice may have cut its last campaign short: every campaign before that one
+        # is done, and every due campaign is when the slice is not full.
+        reached = planned[-1][0] if full else len(due)
+        ranges = {due[n - 1][0]: (first, last) for n, _, first, last in planned}
+        touched = [row[0] for row in due[:reached]]
+        cursor = ranges[touched[-1]][1] if full else None
+        walked = {due[n - 1][0]: count for n, count, _, _ in planned}
+        yield FullSlice(ranges, pairs, touched, cursor, walked)
         due = due[reached - 1 :] if full else []
         if due:
             due[0][2] = cursor
+
+
+def write_full_slice(
+    conn: psycopg.Connection,
+    window: Window,
+    plan: FullSlice,
+    *,
+    with_progress: bool,
+    before_commit: Callable[[], None] = lambda: None,
+) -> dict[str, int]:
+    """One slice in one transaction: its pairs not yet triggered and their outbox entries, and
+    its fan-out progress when `with_progress` (a lone writer); returns triggers per campaign.
+    Pairs already in the ledger are skipped, so a slice written again after a kill adds none."""
+    with conn.transaction():
+        written: dict[str, int] = {}
+        if plan.ranges:
+            written = dict(
+                conn.execute(
+                    FULL_SLICE,
+                    {
+                        "campaigns": list(plan.ranges),
+                        "firsts": [first for first, _ in plan.ranges.values()],
+                        "lasts": [last for _, last in plan.ranges.values()],
+                        "t": window.trigger_time,
+                    },
+                ).fetchall()
+            )
+        for campaign, count in written.items():
+            # The rows of the range stamped T are exactly this slice's.
+            _outbox(conn, window, campaign, *plan.ranges[campaign], count)
+        if with_progress:
+            save_full_progress(conn, window, plan)
+        before_commit()
+    return written
+
+
+def save_full_progress(conn: psycopg.Connection, window: Window, plan: FullSlice) -> None:
+    """The fan-out position after `plan`: saved only once it and every slice before it are
+    committed, so a run that dies resumes at or before its first uncommitted slice."""
+    conn.execute(
+        FULL_SLICE_PROGRESS,
+        {
+            "campaigns": plan.touched,
+            "cursors": [None] * (len(plan.touched) - 1) + [plan.cursor],
+            "walked": [plan.walked.get(campaign, 0) for campaign in plan.touched],
+            "w": window.subscriber_watermark,
+        },
+    )
+
+
+class FanoutProgress:
+    """Progress lines of a fan-out: pairs done of the total, rate and ETA, written through `log`
+    at most and (while `tick` is called) at least every `every_s` seconds."""
+
+    def __init__(self, log: Callable[[str], None], label: str, every_s: float) -> None:
+        self.log, self.label, self.every_s = log, label, every_s
+        self.total = self.done = 0
+        self.started = self.last = time.monotonic()
+
+    def start(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.started = self.last = time.monotonic()
+
+    def advance(self, pairs: int) -> None:
+        self.done += pairs
+        self.tick()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.total and now - self.last >= self.every_s:
+            self.last = now
+            self.log(self.line(now))
+
+    def line(self, now: float) -> str:
+        rate = self.done / max(now - self.started, 1e-9)
+        left = max(self.total - self.done, 0)
+        eta = f"ETA {left / rate:,.0f} s" if rate else "ETA unknown"
+        return (
+            f"{self.label}: {self.done:,} / {self.total:,} triggers "
+            f"({100 * self.done / self.total:.1f}%), {rate:,.0f}/s, {eta}"
+        )
+
+    def next_due(self) -> float:
+        """Seconds until the next line is due (how long a wait may block)."""
+        return max(self.last + self.every_s - time.monotonic(), 0.0) if self.total else 1.0
+
+
+def full_fanout_slices(
+    conn: psycopg.Connection,
+    window: Window,
+    slice_rows: int,
+    *,
+    writers: int = 1,
+    connect: Callable[[], psycopg.Connection] | None = None,
+    progress: FanoutProgress | None = None,
+    before_commit: Callable[[], None] = lambda: None,
+) -> Iterator[dict[str, int]]:
+    """Every due campaign's full fan-out, `slice_rows` pairs per committed slice; yields each
+    slice's triggers per campaign, in the walk's order, once its progress is saved.
+
+    One writer writes each slice and its progress in one transaction on `conn`. Several writers
+    (each on its own connection from `connect`, the work being in their backends) write the
+    planned slices concurrently, commit in any order, and the progress moves only past the
+    slices committed without a gap, so a new run resumes where nothing after is missing.
+    """
+    if progress is not None:
+        progress.start(due_full_pairs(conn, window))
+    plans = plan_full_slices(conn, window, slice_rows)
+    if writers <= 1 or connect is None:
+        for plan in plans:
+            written = write_full_slice(
+                conn, window, plan, with_progress=True, before_commit=before_commit
+            )
+            if progress is not None:
+                progress.advance(plan.pairs)
+            yield written
+        return
+    idle: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
+    opened: list[psycopg.Connection] = []
+
+    def write(plan: FullSlice) -> dict[str, int]:
+        try:
+            writer = idle.get_nowait()
+        except queue.Empty:
+            writer = connect()
+            opened.append(writer)
+        try:
+            return write_full_slice(
+                writer, window, plan, with_progress=False, before_commit=before_commit
+            )
+        finally:
+            idle.put(writer)
+
+    pool = ThreadPoolExecutor(writers, thread_name_prefix="feedback_writer")
+    # Planned slices are a few strings each; twice the writers keeps each one busy.
+    in_flight: deque[tuple[FullSlice, Future[dict[str, int]]]] = deque()
+    try:
+        for plan in plans:
+            in_flight.append((plan, pool.submit(write, plan)))
+            while len(in_flight) >= 2 * writers:
+                yield _committed(conn, window, in_flight.popleft(), progress)
+        while in_flight:
+            yield _committed(conn, window, in_flight.popleft(), progress)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for writer in opened:
+            writer.close()
+
+
+def _committed(
+    conn: psycopg.Connection,
+    window: Window,
+    entry: tuple[FullSlice, Future[dict[str, int]]],
+    progress: FanoutProgress | None,
+) -> dict[str, int]:
+    """The oldest slice in flight once committed, its progress saved; progress lines go on
+    while it is waited for."""
+    plan, future = entry
+    while True:
+        try:
+            written = future.result(timeout=progress.next_due() if progress else None)
+            break
+        except FutureTimeout:
+            progress.tick()  # type: ignore[union-attr]
+    save_full_progress(conn, window, plan)
+    if progress is not None:
+        progress.advance(plan.pairs)
+    return written

@@ -13,7 +13,9 @@ makes the point raise instead, which inside a Spark task is a real executor task
 
 Driver points (`fault_point`): `campaign_batch.committed` (a micro-batch's Postgres work is
 committed, Spark's checkpoint commit is not yet written), `feedback_sink.slice` (after each
-committed slice of the Postgres sink), `feedback_sink.committed` (after its last slice),
+committed slice of the Postgres sink, its fan-out position saved), `feedback_sink.writing`
+(inside a slice writer's transaction, its rows and outbox entry written, before its commit:
+with several writers, each blocks there), `feedback_sink.committed` (after its last slice),
 `push_sink.start` (before the Kafka sink's first batch) and `push_sink.mid` (after each of
 its batches, sent by the run or as a Spark job, once acknowledged and its outbox entries
 deleted: a test stops the run at the first, the rest not yet sent). A point reached again after

@@ -349,7 +349,8 @@ class SparkResource(LazyPySparkResource):
 
 class StateResource(ConfigurableResource):
     """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be, how
-    long a run may go on starting fan-out slices, and from what outbox size Spark sends the
+    long a run may go on starting fan-out slices while input waits, how many connections write
+    a fan-out, how often it reports progress, and from what outbox size Spark sends the
     triggers."""
 
     state_dir: str
@@ -357,6 +358,8 @@ class StateResource(ConfigurableResource):
     trigger_slice_rows: int
     fanout_run_budget_s: int
     push_spark_min_triggers: int
+    sink_writers: int
+    progress_every_s: int
 
     @property
     def checkpoint_dir(self) -> str:
@@ -423,6 +426,8 @@ STATE_ENV = {
     "trigger_slice_rows": "PROMO_TRIGGER_SLICE_ROWS",
     "fanout_run_budget_s": "PROMO_FANOUT_RUN_BUDGET_S",
     "push_spark_min_triggers": "PROMO_PUSH_SPARK_MIN_TRIGGERS",
+    "sink_writers": "PROMO_SINK_WRITERS",
+    "progress_every_s": "PROMO_PROGRESS_EVERY_S",
 }
 
 

@@ -91,13 +91,23 @@ class Settings(BaseSettings):
         description="triggers per committed slice of a fan-out (bounds a run's memory)",
     )
     # A giant's full fan-out would hold every campaign published after its run started for the
-    # whole walk (runs never overlap): past this budget a run commits no further slice, sends
-    # what it wrote, and ends; the next run serves the new campaigns first, then goes on.
+    # whole walk (runs never overlap): past this budget, while campaign messages wait, a run
+    # commits no further slice, sends what it wrote, and ends; the next run serves the new
+    # campaigns first, then goes on. With nothing waiting the giant keeps its run.
     promo_fanout_run_budget_s: int = Field(
         20,
         ge=0,
-        description="seconds of a run's Postgres sink after which it starts no further fan-out "
-        "slice and leaves the rest to the next run (0: no limit)",
+        description="seconds of a run's Postgres sink after which, while campaign messages wait, "
+        "it starts no further fan-out slice and leaves the rest to the next run (0: no limit)",
+    )
+    promo_sink_writers: int = Field(
+        0,
+        ge=0,
+        description="connections that write a fan-out's slices concurrently (each its own "
+        "Postgres backend); 0: one per CPU core of the run's host",
+    )
+    promo_progress_every_s: int = Field(
+        10, ge=0, description="seconds between a fan-out's progress lines in the run's log"
     )
     # On one host the run's own producer is as fast as Spark's writer at 3M triggers, faster
     # below (no job to start) and lighter (bench/README.md): Spark's writer pays off where a

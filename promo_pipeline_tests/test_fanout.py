@@ -13,7 +13,7 @@ import pytest
 from promo_pipeline.resources import kafka_resource, postgres_resource
 from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline.work import find_work
-from promo_pipeline_tests.support.faults import ChildRun, check_recovered
+from promo_pipeline_tests.support.faults import ChildRun, check_recovered, poll
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
@@ -124,7 +124,8 @@ def test_run_killed_between_slices_keeps_them_and_the_next_run_goes_on(
     pipeline.subscribe(*[(client, big["restaurant_id"]) for client in big_clients])
     pipeline.subscribe((new_uuid(), small["restaurant_id"]))
     pipeline.publish(big)
-    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2"}
+    # One writer: the run stops with exactly its first slice committed.
+    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2", "PROMO_SINK_WRITERS": "1"}
     killed = ChildRun(
         env, tmp_path / "killed.log", fault_at="feedback_sink.slice", fault_dir=tmp_path / "f"
     )
@@ -267,25 +268,32 @@ def test_status_shows_a_fan_out_in_progress_stopped_between_slices(
 def test_a_run_past_its_budget_leaves_the_fan_out_to_the_next_which_serves_new_campaigns_first(
     pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Past PROMO_FANOUT_RUN_BUDGET_S a run starts no further slice: it sends what it wrote and
-    ends with the walk's position saved. The next run fans out a campaign published meanwhile
-    first and ends after that slice; the one after goes on with the walk; no pair is lost or
-    written twice."""
+    """Past PROMO_FANOUT_RUN_BUDGET_S, with a campaign message waiting, a run starts no further
+    slice: it sends what it wrote and ends with the walk's position saved. The next run fans out
+    the waiting campaign first and ends after that slice. Past the budget with nothing waiting,
+    the walk goes on in its run. No pair is lost or written twice."""
     big, small = campaign(), campaign()
     big_clients = [new_uuid() for _ in range(7)]
     pipeline.subscribe(*[(client, big["restaurant_id"]) for client in big_clients])
     small_client = new_uuid()
     pipeline.subscribe((small_client, small["restaurant_id"]))
     pipeline.publish(big)
-    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2", "PROMO_FANOUT_RUN_BUDGET_S": "1"}
+    # One writer: a slice at a time, so "stopped after one slice" is exact.
+    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2", "PROMO_SINK_WRITERS": "1"}
 
-    def one_budgeted_run(name: str) -> str:
-        """A run held after its first slice until its budget is spent, then let go."""
+    def one_budgeted_run(name: str, publish: dict | None = None) -> str:
+        """A run held after its first slice until its 1 s budget is spent (publishing
+        `publish` meanwhile), then let go."""
         run = ChildRun(
-            env, tmp_path / f"{name}.log", fault_at="feedback_sink.slice", fault_dir=tmp_path / name
+            env | {"PROMO_FANOUT_RUN_BUDGET_S": "1"},
+            tmp_path / f"{name}.log",
+            fault_at="feedback_sink.slice",
+            fault_dir=tmp_path / name,
         )
         try:
             run.wait_reached()
+            if publish is not None:
+                pipeline.publish(publish)
             past(1.0, time.monotonic())
             run.release()
             assert run.wait() == 0, run.output[-3000:]
@@ -293,18 +301,18 @@ def test_a_run_past_its_budget_leaves_the_fan_out_to_the_next_which_serves_new_c
             run.stop()
         return run.output
 
-    first = one_budgeted_run("first")
+    first = one_budgeted_run("first", publish=small)
     assert metric(first, "feedback_sink", "slices") == 1
     assert metric(first, "feedback_sink", "fanouts_in_progress") == 1
     assert "budget_spent True" in first
+    assert "campaign messages waiting" in first
     assert metric(first, "push_sink", "sent_this_run") == 2  # what it wrote, sent before it ends
     assert len(pipeline.pairs()) == 2
     assert [(e["done"], e["total"]) for e in fanouts_in_progress(capsys)[0]] == [(2, 7)]
 
     # Published during the walk: the next run (the default budget, far from spent) serves it
     # in its first slice, filled up from the walk, and ends there rather than keep it waiting.
-    pipeline.publish(small)
-    second = ChildRun(pipeline.env | {"PROMO_TRIGGER_SLICE_ROWS": "2"}, tmp_path / "second.log")
+    second = ChildRun(env, tmp_path / "second.log")
     assert second.wait() == 0, second.output[-3000:]
     assert metric(second.output, "feedback_sink", "slices") == 1
     assert metric(second.output, "feedback_sink", "fanouts_in_progress") == 1
@@ -318,7 +326,11 @@ def test_a_run_past_its_budget_leaves_the_fan_out_to_the_next_which_serves_new_c
     postgres = postgres_resource(pipeline.settings)
     checkpoint = str(checkpoint_dir(pipeline.settings.promo_state_dir))
     assert big["adv_campaign_id"] in "; ".join(find_work(kafka, postgres, checkpoint).reasons)
-    pipeline.run_ok()  # the default budget: the rest of the walk in one run
+    # Past its budget with nothing waiting: the rest of the walk in this one run.
+    last = one_budgeted_run("last")
+    assert metric(last, "feedback_sink", "slices") == 2
+    assert metric(last, "feedback_sink", "fanouts_in_progress") == 0
+    assert "budget_spent False" in last
     assert not find_work(kafka, postgres, checkpoint).due
     assert fanouts_in_progress(capsys) == ([], "")
     expected = {(big["adv_campaign_id"], c) for c in big_clients} | {
@@ -327,3 +339,119 @@ def test_a_run_past_its_budget_leaves_the_fan_out_to_the_next_which_serves_new_c
     recovery = check_recovered(pipeline, expected)
     assert recovery.ok, recovery.problems
     assert recovery.duplicates == 0
+
+
+PROGRESS = re.compile(r"feedback_sink: ([\d,]+) / ([\d,]+) triggers \([\d.]+%\), [\d,]+/s, ETA")
+
+
+def progress_lines(output: str) -> list[tuple[int, int]]:
+    """(done, total) of each progress line in a `promo run` output."""
+    return [
+        (int(done.replace(",", "")), int(total.replace(",", "")))
+        for done, total in PROGRESS.findall(output)
+    ]
+
+
+@pytest.mark.timeout(900)
+def test_concurrent_writers_write_each_pair_once_report_progress_and_resend_same_bytes(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    expected = pipeline.publish_active(campaigns=3, clients=5)
+    big = campaign()
+    big_clients = [new_uuid() for _ in range(11)]
+    pipeline.subscribe(
+        *[(client, big["restaurant_id"]) for client in big_clients],
+        (big_clients[0].upper(), big["restaurant_id"]),  # the same subscriber again: one pair
+    )
+    pipeline.publish(big)
+    expected |= {(big["adv_campaign_id"], client) for client in big_clients}
+    env = {
+        **pipeline.env,
+        "PROMO_TRIGGER_SLICE_ROWS": "2",
+        "PROMO_SINK_WRITERS": "3",
+        "PROMO_PROGRESS_EVERY_S": "0",  # a line after every slice
+    }
+    run = ChildRun(env, tmp_path / "writers.log")
+    assert run.wait() == 0, run.output[-3000:]
+
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems
+    assert recovery.duplicates == 0
+    # 26 pairs in slices of 2: the lines count up to the total the plan counted.
+    lines = progress_lines(run.output)
+    assert len(lines) >= 10, run.output[-3000:]
+    assert {total for _, total in lines} == {len(expected)}
+    assert [done for done, _ in lines] == sorted(done for done, _ in lines)
+    assert lines[-1][0] == len(expected)
+    assert "by 3 writers" in run.output
+
+    # Every slice queued again, as a run that died before Kafka acknowledged them leaves them:
+    # the resend, by the same writers' run, is byte for byte the first send.
+    pipeline.sql(
+        "INSERT INTO promo.trigger_outbox (run_id, adv_campaign_id, client_first, client_last, "
+        "trigger_time, triggers) SELECT 'died', adv_campaign_id, min(client_id), max(client_id), "
+        "min(trigger_datetime_created), count(*) FROM public.subscribers_feedback GROUP BY 2"
+    )
+    again = ChildRun(env, tmp_path / "resend.log")
+    assert again.wait() == 0, again.output[-3000:]
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems
+    assert recovery.duplicates == len(expected)
+
+
+def open_slice_writers(pipeline: Pipeline) -> int:
+    """Connections of the run's database inside a transaction (slice writers mid-slice)."""
+    return pipeline.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'idle in transaction'"
+    )[0][0]
+
+
+@pytest.mark.timeout(900)
+def test_kills_while_writers_are_mid_slice_or_ahead_of_the_saved_position_lose_nothing(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    active = campaign()
+    clients = sorted(new_uuid() for _ in range(9))
+    pipeline.subscribe(*[(client, active["restaurant_id"]) for client in clients])
+    pipeline.publish(active)
+    expected = {(active["adv_campaign_id"], client) for client in clients}
+    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2", "PROMO_SINK_WRITERS": "2"}
+
+    # Killed while two writers each hold a written, uncommitted slice: neither leaves a row.
+    mid_slice = ChildRun(
+        env, tmp_path / "mid.log", fault_at="feedback_sink.writing", fault_dir=tmp_path / "f1"
+    )
+    try:
+        mid_slice.wait_reached()
+        poll(lambda: open_slice_writers(pipeline) >= 2, 60, "two writers mid-slice")
+        mid_slice.kill()
+    finally:
+        mid_slice.stop()
+    assert pipeline.pairs() == set()
+    assert pipeline.sql("SELECT count(*) FROM promo.trigger_outbox") == [(0,)]
+
+    # Killed while the run waits after its first slice: the writers go on committing the
+    # slices in flight (4 of 5), but the saved position stays after the first one.
+    ahead = ChildRun(
+        env, tmp_path / "ahead.log", fault_at="feedback_sink.slice", fault_dir=tmp_path / "f2"
+    )
+    try:
+        ahead.wait_reached()
+        poll(lambda: len(pipeline.pairs()) == 8, 60, "the slices in flight committed")
+        ahead.kill()
+    finally:
+        ahead.stop()
+    assert pipeline.pairs() == {(active["adv_campaign_id"], c) for c in clients[:8]}
+    assert pipeline.sql("SELECT fanout_cursor FROM promo.campaigns") == [(clients[1],)]
+    assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(8,)]
+
+    # The next run walks again from the saved position: the committed pairs are skipped, the
+    # last one written, every trigger sent, none twice in Postgres.
+    recovery_run = ChildRun(env, tmp_path / "recovery.log")
+    assert recovery_run.wait() == 0, recovery_run.output[-3000:]
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems
+    assert recovery.duplicates == 0
+    progress = "SELECT fanout_cursor, fanout_through IS NOT NULL FROM promo.campaigns"
+    assert pipeline.sql(progress) == [(None, True)]

@@ -50,6 +50,8 @@ FAULTS = {
 # Two triggers per slice: each campaign's 5 subscribers span 3 slices, and the Kafka sink sends
 # the 9 slices in 3 batches, so every boundary falls between real units of work.
 SLICE_ROWS = "2"
+# Slices written concurrently, whatever the host's cores: every cell has several writers.
+WRITERS = "2"
 # Where each cell pauses the run (see promo_pipeline/faultpoints.py).
 POINTS = {
     **{("after_campaign_batch", f): "campaign_batch.committed" for f in FAULTS},
@@ -63,8 +65,9 @@ POINT_TEXT = {
     "campaign_batch.committed": "in the micro-batch function, after its Postgres transaction "
     "(campaign upserts, DLQ flushed), before Spark commits the checkpoint",
     "campaign_batch.start": "in the Spark tasks reading the micro-batch's rows",
-    "feedback_sink.slice": "in the Postgres sink after its first slice (triggers, outbox entry "
-    "and fan-out position in one transaction) is committed, before the next slice",
+    "feedback_sink.slice": "in the Postgres sink after its first slice (triggers and outbox "
+    "entry in one transaction) is committed and the fan-out position saved past it; the other "
+    "writers go on with the slices in flight",
     "feedback_sink.committed": "after the Postgres sink's last slice, before the Kafka sink",
     "push_sink.mid": "in the Kafka sink once its first batch (4 slices) is acknowledged and "
     "their outbox entries deleted, before the next (the test sees them in the topic first)",
@@ -169,6 +172,7 @@ def cell_pipeline(
         **fault_stack.settings(),
         "PROMO_STACK_DIR": str(fault_stack.dir),
         "PROMO_TRIGGER_SLICE_ROWS": SLICE_ROWS,
+        "PROMO_SINK_WRITERS": WRITERS,
     }
     return fresh_pipeline(env, tmp_path, monkeypatch)
 
@@ -302,10 +306,11 @@ def render(results: dict[tuple[str, str], Cell]) -> str:
         "",
         "Data per cell: 3 active campaigns x 5 subscribers (15 triggers), 1 expired campaign "
         "with a subscriber (no trigger), 1 malformed message (DLQ). Slices of "
-        f"{SLICE_ROWS} triggers (`PROMO_TRIGGER_SLICE_ROWS`): the Postgres sink commits 9 "
-        "slices, the Kafka sink sends them in 3 batches: from the run itself (an outbox this "
-        "small is, by default), or in the `spark_failure` column's faulted run as 3 Spark jobs "
-        "of Spark's Kafka writer. Recovery runs use the default, so a resend by the other path "
+        f"{SLICE_ROWS} triggers (`PROMO_TRIGGER_SLICE_ROWS`): the Postgres sink's {WRITERS} "
+        "writers (`PROMO_SINK_WRITERS`) commit 9 slices, the Kafka sink sends them in 3 "
+        "batches: from the run itself (an outbox this small is, by default), or in the "
+        "`spark_failure` column's faulted run as 3 Spark jobs of Spark's Kafka writer. "
+        "Recovery runs use the default, so a resend by the other path "
         "is checked byte for byte as well.",
         "",
         "## Result",

@@ -11,17 +11,21 @@ them again, built by the same query from the stored rows, so the resent messages
 byte-identical whichever path sends them.
 """
 
+import functools
+import os
 import time
 
 import psycopg
 from confluent_kafka import KafkaException
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
+from promo_pipeline.checkpoint import input_position
 from promo_pipeline.defs.triggers.assets import triggers
 from promo_pipeline.fanout import (
     FANOUTS_IN_PROGRESS,
     NEW_BESIDE_WALK,
     OUTBOX_MESSAGES,
+    FanoutProgress,
     full_fanout_slices,
     move_id_sequence_past_manual_rows,
     new_subscription_slices,
@@ -69,12 +73,14 @@ def feedback_sink(
     # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
+    kafka: KafkaResource,
     state: StateResource,
 ) -> MaterializeResult:
     started = time.monotonic()
     written: dict[str, int] = {}
     slices = 0
-    # Past the budget no further slice starts; the slice under way when it runs out completes.
+    # Past the budget a run starts no further slice once campaign messages wait on the input
+    # topic (the slices under way complete); a giant alone keeps its one run.
     budget = state.fanout_run_budget_s
     budget_spent = False
     with postgres.connect(autocommit=True) as conn:
@@ -90,9 +96,20 @@ def feedback_sink(
                 f"subscribers_feedback holds ids up to {moved[1]} written past its id sequence "
                 f"(at {moved[0]}), by hand or by another writer: the sequence now starts above them"
             )
+        input_waits = functools.partial(_input_waits, context, kafka, conn, state.checkpoint_dir)
+        writers = state.sink_writers or os.cpu_count() or 1
+        progress = FanoutProgress(context.log.info, "feedback_sink", state.progress_every_s)
+        full_fanouts = functools.partial(
+            full_fanout_slices,
+            writers=writers,
+            connect=lambda: psycopg.connect(postgres.conninfo(), autocommit=True),
+            progress=progress,
+            # test-only; no-op unless PROMO_FAULT_AT is set
+            before_commit=lambda: fault_point("feedback_sink.writing"),
+        )
         # New subscriptions of fanned-out campaigns first (small), then the full fan-outs, then
         # once more for the campaigns whose full fan-out just ended below W.
-        steps = (new_subscription_slices, full_fanout_slices, new_subscription_slices)
+        steps = (new_subscription_slices, full_fanouts, new_subscription_slices)
         for step in steps:
             for per_campaign in step(conn, window, state.trigger_slice_rows):
                 slices += 1
@@ -102,8 +119,8 @@ def feedback_sink(
                 fault_point("feedback_sink.slice")
                 # Every slice saved its position: stopping here leaves the rest to the next run.
                 budget_spent = bool(budget) and (
-                    time.monotonic() - started >= budget
-                    or (new_beside_walk and step is full_fanout_slices)
+                    (new_beside_walk and step is full_fanouts)
+                    or (time.monotonic() - started >= budget and input_waits())
                 )
                 if budget_spent:
                     break
@@ -113,13 +130,16 @@ def feedback_sink(
     fault_point("feedback_sink.committed")  # test-only; no-op unless PROMO_FAULT_AT is set
     inserted = sum(written.values())
     seconds = round(time.monotonic() - started, 3)
-    context.log.info(f"feedback sink: {inserted} rows in {slices} slices in {seconds} s")
+    context.log.info(
+        f"feedback sink: {inserted} rows in {slices} slices by {writers} writers in {seconds} s"
+    )
     if budget_spent:
         context.log.info(
             (
                 "campaigns published during a fan-out served"
                 if new_beside_walk
-                else f"fan-out budget of {budget} s (PROMO_FANOUT_RUN_BUDGET_S) spent"
+                else f"fan-out budget of {budget} s (PROMO_FANOUT_RUN_BUDGET_S) spent, campaign "
+                "messages waiting"
             )
             + f": {in_progress} fan-out(s) in progress go on in the next run"
         )
@@ -134,9 +154,22 @@ def feedback_sink(
             "id_sequence_moved_from": moved[0] if moved else -1,
             "budget_spent": budget_spent,
             "fanouts_in_progress": in_progress,
+            "writers": writers,
             "seconds": seconds,
         }
     )
+
+
+def _input_waits(
+    context: AssetExecutionContext, kafka: KafkaResource, conn: psycopg.Connection, checkpoint: str
+) -> bool:
+    """Campaign messages wait on the input topic (past the checkpoint): worth ending a giant's
+    run for. A broker that does not answer keeps the run going (said in its log)."""
+    try:
+        return input_position(kafka, conn, checkpoint).waiting > 0
+    except Exception as error:  # the Postgres sink must not fail on Kafka
+        context.log.warning(f"input lag unknown ({error}); the fan-out goes on in this run")
+        return False
 
 
 def push_jobs(
