@@ -88,6 +88,8 @@ PAIR = st.tuples(st.integers(0, CLIENTS - 1), st.integers(0, RESTAURANTS - 1), s
 # What the examples did, over the whole test: printed, and checked not to be empty.
 TALLY: Counter[str] = Counter()
 
+# Read at import: the pipeline fixtures clear every PROMO_* variable before the test runs.
+PROFILE = os.environ.get("PROMO_VERSIONS_PROFILE", "ci")
 settings.register_profile(
     "versions-ci",
     max_examples=12,
@@ -332,7 +334,7 @@ def model_pipeline(
 def test_versions_subscriptions_runs_rewinds_and_replays_follow_the_model(
     model_pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    profile = os.environ.get("PROMO_VERSIONS_PROFILE", "ci")
+    profile = PROFILE
     TALLY.clear()
     run_state_machine_as_test(
         lambda: VersionsMachine(model_pipeline, tmp_path),
