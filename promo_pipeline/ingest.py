@@ -42,15 +42,38 @@ _KEEP_FANOUT = (
     "CASE WHEN lower(excluded.restaurant_id) = lower(promo.campaigns.restaurant_id) "
     "THEN promo.campaigns.{name} END"
 )
-# The newest version of each campaign wins; replays of the same message change nothing.
+
+
+def version_order(table: str) -> str:
+    """The order of a campaign's versions (README, "Campaign versions") as a SQL row value of
+    `table`'s columns: the larger `datetime_created` first; at an equal one a cancellation
+    (end <= start) before a live version; then the content itself (its hash), so two different
+    versions never tie. It depends on what a version says, never on where it was read
+    (partition, offset: a rewind or a recreated topic changes those), so the same versions
+    read in any order or batching leave the same one stored, and a re-read undoes nothing."""
+    fields = ", ".join(
+        f"lower({table}.{name})" if name == "restaurant_id" else f"{table}.{name}"
+        for name in CAMPAIGN_COLUMNS
+        if name not in ("adv_campaign_id", "datetime_created")
+    )
+    return (
+        f"({table}.datetime_created, "
+        f"{table}.adv_campaign_datetime_end <= {table}.adv_campaign_datetime_start, "
+        f'md5(json_build_array({fields})::text) COLLATE "C")'
+    )
+
+
+# The greatest version of each campaign in the batch, stored if it is at least the stored one
+# (equal means the same content: a replay changes nothing).
 UPSERT_CAMPAIGNS = f"""
 INSERT INTO promo.campaigns ({", ".join(STATE_COLUMNS)})
 SELECT DISTINCT ON (adv_campaign_id) {", ".join(STATE_COLUMNS)} FROM campaign_in
-ORDER BY adv_campaign_id, datetime_created DESC, kafka_partition DESC, kafka_offset DESC
+ORDER BY adv_campaign_id, {version_order("campaign_in")} DESC, kafka_partition, kafka_offset
 ON CONFLICT (adv_campaign_id) DO UPDATE SET
-    {", ".join(f"{name} = excluded.{name}" for name in STATE_COLUMNS[1:])}, updated_at = now(),
+    {", ".join(f"{name} = excluded.{name}" for name in STATE_COLUMNS if name != "adv_campaign_id")},
+    updated_at = now(),
     {", ".join(f"{name} = {_KEEP_FANOUT.format(name=name)}" for name in FANOUT_COLUMNS)}
-WHERE excluded.datetime_created >= promo.campaigns.datetime_created
+WHERE {version_order("excluded")} >= {version_order("promo.campaigns")}
 """
 
 
@@ -206,6 +229,20 @@ ON CONFLICT (run_id, batch_id) DO UPDATE SET
 """
 
 
+def store_campaigns(conn: psycopg.Connection, valid: list[tuple[Campaign, int, int]]) -> int:
+    """Fold (campaign, partition, offset) versions into promo.campaigns inside the caller's
+    transaction; returns how many campaigns were written."""
+    if not valid:
+        return 0
+    conn.execute(
+        "CREATE TEMP TABLE campaign_in (LIKE promo.campaigns INCLUDING DEFAULTS) ON COMMIT DROP"
+    )
+    with conn.cursor().copy(f"COPY campaign_in ({', '.join(STATE_COLUMNS)}) FROM STDIN") as copy:
+        for campaign, partition, offset in valid:
+            copy.write_row((*campaign.model_dump().values(), partition, offset))
+    return conn.execute(UPSERT_CAMPAIGNS).rowcount
+
+
 def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
     """One micro-batch: reject to the DLQ first, then upsert the valid campaigns.
 
@@ -248,18 +285,7 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
     if len(rejects) > len(sent_before):
         dead_letters.flush()
     with psycopg.connect(target.conninfo) as conn, conn.transaction():
-        changed = 0
-        if valid:
-            conn.execute(
-                "CREATE TEMP TABLE campaign_in (LIKE promo.campaigns INCLUDING DEFAULTS) "
-                "ON COMMIT DROP"
-            )
-            with conn.cursor().copy(
-                f"COPY campaign_in ({', '.join(STATE_COLUMNS)}) FROM STDIN"
-            ) as copy:
-                for campaign, partition, offset in valid:
-                    copy.write_row((*campaign.model_dump().values(), partition, offset))
-            changed = conn.execute(UPSERT_CAMPAIGNS).rowcount
+        changed = store_campaigns(conn, valid)
         if rejects:
             conn.execute(
                 RECORD_DEAD_LETTERS,

@@ -140,7 +140,7 @@ class Rejection:
     code: str
     detail: str
     # For end_not_after_start: the message's fields, so the batch can treat it as the
-    # cancellation of a campaign it already knows (README, "Cancelling a campaign").
+    # cancellation of a campaign it already knows (README, "Campaign versions").
     fields: CampaignFields | None = None
 
     def __post_init__(self) -> None:
