@@ -23,7 +23,7 @@ BEGIN = "<!-- bench figures: rendered by bench/readme_figures.py; do not edit --
 END = "<!-- end of bench figures -->"
 # The results the README quotes (each with its chart, where one exists); other files in
 # bench/results are earlier or partial measurements that bench/README.md discusses.
-QUOTED = ("full", "fanout", "backlog")
+QUOTED = ("full", "fanout", "fanout_compare_6m", "freshness_giant", "backlog")
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -81,6 +81,36 @@ def render() -> str:
         "  ![fan-out: seconds and peak RSS by subscribers](bench/results/fanout.png)",
         "",
     ]
+
+    compare = _load("fanout_compare_6m")
+    at = {r["contender"]: r for r in compare["summary"]}
+    promo = at["promo"]
+    lines += [
+        f"- `bench/fanout.py --sizes 6000000` ({compare['meta']['started']} UTC), side by side: "
+        f"one campaign to {_millions(promo['triggers'])} subscribers beside "
+        f"{_millions(compare['meta']['unrelated_subscriptions'])} unrelated ones: "
+        + ", ".join(
+            f"{name} {row['wall_s']:.1f} s ({row['triggers_per_s']:,.0f} triggers/s, "
+            f"{row['peak_rss_mb']:,.0f} MB)"
+            for name, row in at.items()
+        )
+        + f"; promo/seed {promo['promo/seed']:.2f}x, promo/raw {promo['promo/raw']:.2f}x "
+        f"(raw's triggers/s over its sinks only).",
+        "",
+    ]
+
+    giant = _load("freshness_giant")["freshness_giant"]
+    for trial in giant:
+        budget = f"budget {trial['budget_s']} s" if trial["budget_s"] else "no budget"
+        lines.append(
+            f"- `bench/freshness_giant.py`, {budget}: small campaigns published "
+            + " / ".join(f"{s['at_s']:.0f}" for s in trial["smalls"])
+            + f" s into a {_millions(trial['giant_subscribers'])} fan-out reached Kafka in "
+            + " / ".join(f"{s['latency_s']:.1f}" for s in trial["smalls"])
+            + f" s; the giant was done {trial['giant_publish_to_done_s']:.1f} s after it was "
+            f"published ({len(trial['runs'])} runs in all)."
+        )
+    lines.append("")
 
     backlog = _load("backlog")
     lines += [
