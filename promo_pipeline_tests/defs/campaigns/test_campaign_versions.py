@@ -287,6 +287,8 @@ def test_a_new_text_mid_fan_out_reaches_the_remaining_subscribers_and_the_ledger
     new text and owner arrives; the next run gives the remaining 3 the new text, and the 2
     already triggered keep the old one, on the output topic as in the ledger."""
     monkeypatch.setenv("PROMO_TRIGGER_SLICE_ROWS", "2")
+    # One writer: a slice at a time, so the fault after the first leaves exactly 2 triggered.
+    monkeypatch.setenv("PROMO_SINK_WRITERS", "1")
     original = campaign()
     clients = sorted(new_uuid() for _ in range(5))
     pipeline.subscribe(*[(client, original["restaurant_id"]) for client in clients])
