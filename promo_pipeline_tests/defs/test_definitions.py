@@ -27,7 +27,7 @@ ASSET_RESOURCES = {
     "campaign_batch": {"kafka", "pipeline_lock", "postgres", "spark", "state"},
     "subscriber_snapshot": {"pipeline_lock", "postgres"},
     "triggers": {"pipeline_lock", "postgres"},
-    "feedback_sink": {"pipeline_lock", "postgres", "state"},
+    "feedback_sink": {"kafka", "pipeline_lock", "postgres", "state"},
     "push_sink": {"kafka", "pipeline_lock", "postgres", "spark", "state"},
 }
 # (asset checked, check name)
