@@ -249,12 +249,13 @@ def test_promo_db_upgrade_failures_are_one_line_and_change_nothing(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A migration that refuses (undelivered triggers of the old outbox) and a database at a
-    revision newer than the code: one line naming the cause, exit 2, the database as it was."""
+    revision newer than the code: one line naming the cause, exit 1 (a runtime failure, not a
+    usage error), the database as it was."""
     settings = _scratch(pipeline, monkeypatch, "fail")
     upgrade(settings, "0001_baseline")
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
         conn.execute("INSERT INTO promo.kafka_outbox_runs VALUES ('r', 1, 1, 2, 2)")
-    assert main(["db", "upgrade"]) == 2
+    assert main(["db", "upgrade"]) == 1
     err = capsys.readouterr().err
     assert err.splitlines() == [
         "promo: `promo db upgrade` from revision 0001_baseline failed, nothing was changed: "
@@ -267,7 +268,7 @@ def test_promo_db_upgrade_failures_are_one_line_and_change_nothing(
         conn.execute("DELETE FROM promo.kafka_outbox_runs")
         upgrade(settings)
         conn.execute("UPDATE promo.alembic_version SET version_num = '9999_future'")
-    assert main(["db", "upgrade"]) == 2
+    assert main(["db", "upgrade"]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"promo: database {settings.postgres_db} on "), err
