@@ -60,7 +60,40 @@ def make_certificates(dir: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localho
     return dir / "ca.pem"
 
 
-class SecureKafkaBroker(KafkaBroker):
+class _TlsBroker(KafkaBroker):
+    """A single-node broker whose client listener uses TLS with the test CA: `_listener_props`
+    names the listener; the config is written once with the CA, and readable by its owner only
+    (it can hold credentials)."""
+
+    def __init__(self, dir: Path, jars_dir: Path, port: int, controller_port: int) -> None:
+        super().__init__(dir, jars_dir, port, controller_port)
+        self.tls_dir = self.dir / "tls"
+        self.ca_file = self.tls_dir / "ca.pem"
+
+    def _listener_props(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        if not self.ca_file.exists():
+            make_certificates(self.tls_dir)
+        props = self._listener_props() | {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.tls_dir / "broker.pem"),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.ca_file),
+        }
+        lines = [
+            line
+            for line in self.config.read_text().splitlines()
+            if line.split("=", 1)[0] not in props
+        ]
+        lines += [f"{key}={value}" for key, value in props.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.config.chmod(0o600)
+
+
+class SecureKafkaBroker(_TlsBroker):
     """A single-node broker whose client listener is SASL_SSL with SCRAM-SHA-512 users."""
 
     def __init__(
@@ -74,8 +107,6 @@ class SecureKafkaBroker(KafkaBroker):
         super().__init__(dir, jars_dir, port, controller_port)
         self.users = dict(users)
         self.admin_password = secrets.token_urlsafe(24)
-        self.tls_dir = self.dir / "tls"
-        self.ca_file = self.tls_dir / "ca.pem"
 
     def client_config(self, user: str, password: str) -> dict[str, Any]:
         """confluent-kafka settings for `user`, the same ones the pipeline derives from its env."""
@@ -88,15 +119,12 @@ class SecureKafkaBroker(KafkaBroker):
             "ssl.ca.location": str(self.ca_file),
         }
 
-    def _write_config(self) -> None:
-        super()._write_config()
-        if not self.ca_file.exists():
-            make_certificates(self.tls_dir)
+    def _listener_props(self) -> dict[str, str]:
         jaas = (
             "org.apache.kafka.common.security.scram.ScramLoginModule required "
             f'username="{ADMIN_USER}" password="{self.admin_password}";'
         )
-        props = {
+        return {
             "listeners": f"SASL_SSL://127.0.0.1:{self.port},"
             f"CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"SASL_SSL://127.0.0.1:{self.port}",
@@ -105,20 +133,8 @@ class SecureKafkaBroker(KafkaBroker):
             "sasl.enabled.mechanisms": MECHANISM,
             "sasl.mechanism.inter.broker.protocol": MECHANISM,
             f"listener.name.sasl_ssl.{MECHANISM.lower()}.sasl.jaas.config": jaas,
-            "ssl.keystore.type": "PEM",
-            "ssl.keystore.location": str(self.tls_dir / "broker.pem"),
-            "ssl.truststore.type": "PEM",
-            "ssl.truststore.location": str(self.ca_file),
             "ssl.client.auth": "none",
         }
-        lines = [
-            line
-            for line in self.config.read_text().splitlines()
-            if line.split("=", 1)[0] not in props
-        ]
-        lines += [f"{key}={value}" for key, value in props.items()]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.config.chmod(0o600)
 
     def _format_args(self) -> list[str]:
         """The SCRAM credentials of the broker's own user and every client user."""
@@ -163,37 +179,18 @@ def make_client_certificate(
     return dir / f"{name}.crt", dir / f"{name}.key"
 
 
-class MutualTlsKafkaBroker(KafkaBroker):
+class MutualTlsKafkaBroker(_TlsBroker):
     """A single-node broker whose only client listener is SSL with `ssl.client.auth=required`:
     a client without a certificate signed by the test CA is refused; no SASL."""
 
-    def __init__(self, dir: Path, jars_dir: Path, port: int, controller_port: int) -> None:
-        super().__init__(dir, jars_dir, port, controller_port)
-        self.tls_dir = self.dir / "tls"
-        self.ca_file = self.tls_dir / "ca.pem"
-
-    def _write_config(self) -> None:
-        super()._write_config()
-        if not self.ca_file.exists():
-            make_certificates(self.tls_dir)
-        props = {
+    def _listener_props(self) -> dict[str, str]:
+        return {
             "listeners": f"SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"SSL://127.0.0.1:{self.port}",
             "listener.security.protocol.map": "SSL:SSL,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "SSL",
-            "ssl.keystore.type": "PEM",
-            "ssl.keystore.location": str(self.tls_dir / "broker.pem"),
-            "ssl.truststore.type": "PEM",
-            "ssl.truststore.location": str(self.ca_file),
             "ssl.client.auth": "required",
         }
-        lines = [
-            line
-            for line in self.config.read_text().splitlines()
-            if line.split("=", 1)[0] not in props
-        ]
-        lines += [f"{key}={value}" for key, value in props.items()]
-        self.config.write_text("\n".join(lines) + "\n")
 
     def _admin_config(self) -> dict[str, Any]:
         """The broker's own certificate serves as the readiness probe's client certificate."""
