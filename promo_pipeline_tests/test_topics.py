@@ -89,16 +89,16 @@ def test_trigger_producer_names_the_unacknowledged_messages_and_the_brokers() ->
     Kafka sink keeps their outbox entries."""
     import socket
 
-    from promo_pipeline.resources import KafkaResource
-    from promo_pipeline.topics import TriggerProducer
+    from promo_pipeline.kafka_config import KafkaConfig
+    from promo_pipeline.topics import Sender
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
-    kafka = KafkaResource(
+    kafka = KafkaConfig(
         bootstrap_servers=address, input_topic="in", output_topic="out", dlq_topic="dlq"
     )
-    producer = TriggerProducer(kafka, "out")
+    producer = Sender(kafka, "out")
     producer.send([(b"a", b"1"), (b"b", b"2")])
     with pytest.raises(KafkaException, match=rf"Kafka at {address} did not acknowledge 2 messages"):
         producer.flush(timeout=2)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from promo_pipeline.resources import PipelineLockResource
+from promo_pipeline.defs.resources import PipelineLockResource
 from promo_pipeline_tests.support.faults import ChildRun, check_recovered, poll
 from promo_pipeline_tests.support.pipeline import Pipeline
 

@@ -14,8 +14,8 @@ from dagster import (
     build_sensor_context,
 )
 
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource, state_resource
 from promo_pipeline.defs.sensors import promo_work_sensor
-from promo_pipeline.resources import kafka_resource, postgres_resource, state_resource
 from promo_pipeline_tests.support.dagster import tick
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
@@ -89,8 +89,8 @@ def test_sensor_fails_a_started_run_only_while_nobody_holds_the_pipeline_lock(
     from dagster import DagsterEvent, DagsterEventType
 
     from promo_pipeline.db import conninfo
+    from promo_pipeline.defs.resources import PipelineLockResource
     from promo_pipeline.defs.sensors import DEAD_RUN_CONFIRM_S
-    from promo_pipeline.resources import PipelineLockResource
 
     instance = DagsterInstance.ephemeral()
     run = instance.add_run(

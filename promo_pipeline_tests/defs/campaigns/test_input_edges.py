@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from dagster import DagsterInstance, RunRequest, SkipReason
 
 from promo_pipeline.cli import main
-from promo_pipeline.resources import PipelineLockResource
+from promo_pipeline.defs.resources import PipelineLockResource
 from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline_tests.support.dagster import tick
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
