@@ -102,3 +102,23 @@ def test_trigger_producer_names_the_unacknowledged_messages_and_the_brokers() ->
     producer.send([(b"a", b"1"), (b"b", b"2")])
     with pytest.raises(KafkaException, match=rf"Kafka at {address} did not acknowledge 2 messages"):
         producer.flush(timeout=2)
+
+
+def test_spark_writer_and_the_run_send_triggers_alike() -> None:
+    """Spark's Kafka writer gets the run's producer options in the Java client's names (the
+    map the sink wrote by hand before it was derived), and the DLQ producer takes what the
+    DLQ topic takes."""
+    from promo_pipeline.topics import DEAD_LETTERS, DLQ_CONFIG, SPARK_TRIGGERS, TRIGGERS
+
+    assert {
+        "kafka.acks": "all",
+        "kafka.enable.idempotence": "true",
+        "kafka.linger.ms": "20",
+        "kafka.batch.size": str(1 << 20),
+        "kafka.compression.type": "lz4",
+        "kafka.request.timeout.ms": "15000",
+        "kafka.delivery.timeout.ms": "45000",
+        "kafka.max.block.ms": "15000",
+    } == SPARK_TRIGGERS
+    assert TRIGGERS["partitioner"] == "murmur2_random"  # the Java client's default partitioner
+    assert str(DEAD_LETTERS["message.max.bytes"]) == DLQ_CONFIG["max.message.bytes"]

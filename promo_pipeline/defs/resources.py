@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -116,8 +116,6 @@ class PipelineLockResource(ConfigurableResource):
     postgres: PostgresResource
     _conn: psycopg.Connection | None = PrivateAttr(default=None)
 
-    LOCK_KEY: ClassVar[str] = PIPELINE_LOCK
-
     def setup_for_execution(self, context: InitResourceContext) -> None:
         # The run's first Postgres contact: a wrong password or a down server, in one line.
         try:
@@ -136,14 +134,14 @@ class PipelineLockResource(ConfigurableResource):
             conn.close()
             raise Failure(f"{error}; this run did nothing") from None
         locked = conn.execute(
-            "SELECT pg_try_advisory_lock(hashtext(%s))", (self.LOCK_KEY,)
+            "SELECT pg_try_advisory_lock(hashtext(%s))", (PIPELINE_LOCK,)
         ).fetchone()
         if not (locked and locked[0]):
             holder = conn.execute(
                 "SELECT a.pid, a.application_name, a.backend_start FROM pg_locks l "
                 "JOIN pg_stat_activity a USING (pid) "
                 "WHERE l.locktype = 'advisory' AND l.objid = hashtext(%s)::oid",
-                (self.LOCK_KEY,),
+                (PIPELINE_LOCK,),
             ).fetchone()
             conn.close()
             since = f", Postgres backend {holder[0]} since {holder[2]:%H:%M:%S}" if holder else ""
