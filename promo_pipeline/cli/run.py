@@ -12,12 +12,13 @@ from importlib import resources as package_files
 from typing import Any
 
 import psycopg
+from dotenv import dotenv_values
 
 from promo_pipeline.cli.common import UserError, add_command, add_stack_options, stack_dir
 from promo_pipeline.cli.messages import send
 from promo_pipeline.cli.stack import prepare, share_settings
 from promo_pipeline.db import conninfo
-from promo_pipeline.settings import Settings, load_settings
+from promo_pipeline.settings import Settings, load_settings, stack_env_file
 from promo_pipeline.stack import LocalStack
 
 
@@ -26,6 +27,13 @@ def run_job() -> tuple[bool, str]:
     # Deferred: Dagster takes seconds to import; only `promo run` and `promo demo` need it.
     from promo_pipeline.definitions import defs as load_defs
 
+    # As `dg dev` does with .env: the stack file's settings join this command's environment
+    # (set variables win), so the job's resources find its secrets as `EnvVar`s.
+    stack_env = stack_env_file()
+    if stack_env.is_file():
+        for name, value in dotenv_values(stack_env).items():
+            if value is not None:
+                os.environ.setdefault(name, value)
     defs = load_defs()
     instance = _instance()
     started = time.monotonic()

@@ -250,12 +250,13 @@ def from_settings(
     resource: type[Resource], settings: Settings, *, env_vars: bool = False
 ) -> Resource:
     """`resource` with its fields from `settings`. With `env_vars`, a field whose variable is
-    set is an `EnvVar`, resolved at run time and never shown by the UI; the others take the
-    settings' value (a default, or the stack.env fallback), as the environment is never
-    written to."""
+    set, and every secret that is given at all, is an `EnvVar`, resolved at run time and never
+    shown by the UI or stored with the run; the others take the settings' value (a default),
+    as nothing writes the settings into the environment."""
     values: dict[str, Any] = settings.values_for(resource)
     for field, name in setting_names(resource).items():
-        if env_vars and name in os.environ:
+        secret = Settings.model_fields[name.lower()].repr is False
+        if env_vars and (name in os.environ or (secret and values[field])):
             is_int = resource.model_fields[field].annotation is int
             values[field] = EnvVar.int(name) if is_int else EnvVar(name)
     return resource(**values)

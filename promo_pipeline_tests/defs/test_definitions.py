@@ -144,6 +144,22 @@ def test_a_set_variable_stays_an_env_var_and_a_default_is_a_value(
     assert "POSTGRES_HOST" not in os.environ
 
 
+def test_a_secret_from_the_stack_file_stays_an_env_var(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A password only in stack.env never becomes a value the UI or the run's snapshot would
+    show: it is an `EnvVar`, which `dg dev` (.env) and `promo run` put in their environment."""
+    from promo_pipeline.defs.resources import build_resources
+    from promo_pipeline.settings import load_settings
+
+    _defaults_only(monkeypatch, tmp_path)
+    (tmp_path / "stack.env").write_text("POSTGRES_PASSWORD=from-the-file\nPOSTGRES_PORT=5433\n")
+    resources = build_resources(load_settings())
+    assert resources["postgres"].password == EnvVar("POSTGRES_PASSWORD")
+    assert resources["postgres"].port == 5433
+    assert resources["kafka"].sasl_password == ""  # no secret given: nothing to hide
+
+
 def test_loading_the_code_location_leaves_the_environment_alone(tmp_path: Path) -> None:
     """Importing the code location and building its Definitions writes no variable."""
     env = {
