@@ -115,7 +115,8 @@ def produce_all(
 # Triggers keep the guarantees of Spark's Kafka writer (acks=all, idempotent, lz4) and its
 # partition for a key (murmur2, the Java client's partitioner), so a client's triggers land on
 # the same partition whichever path sent them. Only failed messages report back, and the local
-# queue is bounded (64 MiB), so memory stays flat at any size. `SPARK_TRIGGERS` is derived.
+# queue is bounded (64 MiB), so memory stays flat at any size. The messages repeat their
+# campaign's fields, so lz4 shrinks a batch several times over. `SPARK_TRIGGERS` is derived.
 TRIGGERS: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
@@ -143,7 +144,8 @@ CLI: dict[str, Any] = {"enable.idempotence": True}
 # The options of TRIGGERS that the Java client names and reads alike.
 SHARED_WITH_JAVA = ("acks", "enable.idempotence", "linger.ms", "batch.size", "compression.type")
 # Spark's Kafka writer (the Java producer) for the same triggers, derived from TRIGGERS, with
-# bounded waits: an unreachable broker fails the run in under a minute rather than hanging it.
+# bounded waits: an unreachable broker fails the run in under a minute rather than hanging it
+# (the outbox keeps the triggers for the next run).
 # librdkafka's message.timeout.ms is Java's delivery.timeout.ms; Java's default partitioner is
 # murmur2 already; the local queue and delivery reports are librdkafka's own.
 SPARK_TRIGGERS = {
