@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from promo_pipeline.db import conninfo, init_db  # noqa: E402
-from promo_pipeline.resources import kafka_resource  # noqa: E402
+from promo_pipeline.defs.resources import kafka_resource  # noqa: E402
 from promo_pipeline.settings import Settings  # noqa: E402
 from promo_pipeline.stack import LocalStack  # noqa: E402
 from promo_pipeline.topics import ensure_topics, produce_all  # noqa: E402

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from promo_pipeline.db import SEED_DDL, conninfo, init_db  # noqa: E402
-from promo_pipeline.resources import kafka_resource  # noqa: E402
+from promo_pipeline.defs.resources import kafka_resource  # noqa: E402
 from promo_pipeline.schema import TRIGGER_COLUMNS  # noqa: E402
 from promo_pipeline.settings import Settings, load_settings  # noqa: E402
 from promo_pipeline.stack._proc import stop_process_group  # noqa: E402

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark as bm
 
 from promo_pipeline.db import conninfo, init_db
-from promo_pipeline.resources import kafka_resource, postgres_resource
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource
 from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline.topics import ensure_topics
 from promo_pipeline.work import find_work

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark as bm
 
 from promo_pipeline.db import conninfo, init_db
-from promo_pipeline.resources import kafka_resource
+from promo_pipeline.defs.resources import kafka_resource
 from promo_pipeline.topics import ensure_topics
 
 GIANT = "0f0f0f0f-0000-4000-8000-000000000006"

@@ -23,7 +23,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql.functions import col, from_json, lit, struct, to_json
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from promo_pipeline.resources import kafka_resource, postgres_resource, spark_config
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource, spark_config
 from promo_pipeline.settings import load_settings
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg.types.json import Jsonb
 
-from promo_pipeline.resources import KafkaResource
-from promo_pipeline.topics import KAFKA_TIMEOUT_S
+from promo_pipeline.kafka_config import KafkaConfig
+from promo_pipeline.topics import KAFKA_TIMEOUT_S, topic_watermarks
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _repair(root: Path) -> str:
     return "fix: `promo rewind --to-beginning` (no readable batch left)"
 
 
-def topic_id(kafka: KafkaResource, topic: str, timeout: float = KAFKA_TIMEOUT_S) -> str:
+def topic_id(kafka: KafkaConfig, topic: str, timeout: float = KAFKA_TIMEOUT_S) -> str:
     """The topic's Kafka id (KIP-516): a recreated topic of the same name has a new one."""
     admin = AdminClient(kafka.client_config(log_level=0))
     future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
@@ -188,11 +188,9 @@ def recorded_topic_id(conn: psycopg.Connection, topic: str) -> str | None:
 
 
 def input_position(
-    kafka: KafkaResource, conn: psycopg.Connection, checkpoint_dir: str | Path
+    kafka: KafkaConfig, conn: psycopg.Connection, checkpoint_dir: str | Path
 ) -> InputPosition:
     """The input's state without changing anything (the sensor and `promo status`)."""
-    from promo_pipeline.work import topic_watermarks  # work.py reads offsets through here
-
     topic = kafka.input_topic
     current = topic_id(kafka, topic)
     watermarks = topic_watermarks(kafka, topic)
@@ -316,7 +314,7 @@ def check_state_dir(state_dir: str | Path) -> None:
 
 
 def plan_input(
-    kafka: KafkaResource, conninfo: str, state_dir: str, checkpoint_dir: str, run_id: str
+    kafka: KafkaConfig, conninfo: str, state_dir: str, checkpoint_dir: str, run_id: str
 ) -> InputPlan:
     """Check the state dir, the checkpoint and the topic's identity; set aside a checkpoint
     of a recreated topic, record retention gaps; returns how to start the query."""
@@ -393,7 +391,7 @@ def record_offsets(
         )
 
 
-def commit_group_offsets(kafka: KafkaResource, offsets: dict[int, int]) -> str | None:
+def commit_group_offsets(kafka: KafkaConfig, offsets: dict[int, int]) -> str | None:
     """Commit the checkpoint's read positions of the input topic to `kafka.consumer_group`, so
     kafka-consumer-groups, Burrow and Kafka UIs show the pipeline's lag; None when committed,
     else why not.
@@ -402,8 +400,6 @@ def commit_group_offsets(kafka: KafkaResource, offsets: dict[int, int]) -> str |
     commit is reported, never fatal. No subscription: a commit to a group without members
     needs none.
     """
-    from confluent_kafka import Consumer, TopicPartition
-
     if not offsets:
         return None
     consumer = Consumer(

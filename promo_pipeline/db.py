@@ -3,12 +3,15 @@ versioned by the Alembic migrations in `promo_pipeline/migrations/versions/`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources as package_files
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import psycopg
+from pydantic import BaseModel, ConfigDict
 
 from promo_pipeline.settings import Settings
 
@@ -19,6 +22,8 @@ if TYPE_CHECKING:
 VERSION_SCHEMA = "promo"
 VERSION_TABLE = "alembic_version"
 INIT_LOCK = "promo_pipeline.init_db"
+# The advisory lock a run holds from its first step to its last, so two runs never overlap.
+PIPELINE_LOCK = "promo_pipeline.run"
 
 SEED_DDL = """
 CREATE TABLE IF NOT EXISTS public.subscribers_restaurants (
@@ -45,16 +50,78 @@ CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
 """
 
 
-def conninfo(settings: Settings, *, dbname: str | None = None) -> str:
-    """The same connection string the Dagster resource builds, optionally to another database."""
-    from promo_pipeline.resources import postgres_resource
+class PostgresConfig(BaseModel):
+    """The database holding subscribers, feedback and the pipeline's own state."""
 
-    postgres = postgres_resource(settings)
+    model_config = ConfigDict(frozen=True)
+    # Each field is the setting POSTGRES_<FIELD> (Settings.config_for).
+    SETTINGS_PREFIXES: ClassVar[tuple[str, ...]] = ("postgres",)
+
+    host: str
+    port: int
+    db: str
+    user: str
+    password: str
+
+    def conninfo(self) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host=self.host,
+            port=self.port,
+            dbname=self.db,
+            user=self.user,
+            password=self.password or None,
+            connect_timeout=10,
+            application_name="promo_pipeline",
+        )
+
+    @contextmanager
+    def connect(
+        self, *, statement_timeout_ms: int = 0, autocommit: bool = False
+    ) -> Iterator[psycopg.Connection]:
+        with psycopg.connect(self.conninfo(), autocommit=autocommit) as conn:
+            if statement_timeout_ms:
+                conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+            yield conn
+
+    @property
+    def jdbc_url(self) -> str:
+        return f"jdbc:postgresql://{self.host}:{self.port}/{self.db}"
+
+    def jdbc_properties(self, **extra: str) -> dict[str, str]:
+        return {
+            "user": self.user,
+            "password": self.password,
+            "driver": "org.postgresql.Driver",
+            "connectTimeout": "10",
+            "ApplicationName": "promo_pipeline_spark",
+            **extra,
+        }
+
+
+def conninfo(settings: Settings, *, dbname: str | None = None) -> str:
+    """The run's connection string, optionally to another database."""
+    postgres = settings.config_for(PostgresConfig)
     return (
         postgres.conninfo()
         if dbname is None
         else postgres.model_copy(update={"db": dbname}).conninfo()
     )
+
+
+def pipeline_lock_holders(postgres: PostgresConfig, timeout_ms: int = 10_000) -> list[int]:
+    """Postgres backends holding the pipeline lock in this database: none while a run is
+    STARTED means its process is gone (the lock dies with its connection)."""
+    with postgres.connect(statement_timeout_ms=timeout_ms) as conn:
+        return [
+            row[0]
+            for row in conn.execute(
+                "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.objsubid = 1 AND d.datname = current_database() "
+                "AND l.objid = hashtext(%s)::oid",
+                (PIPELINE_LOCK,),
+            )
+        ]
 
 
 class SchemaVersionError(RuntimeError):
@@ -67,6 +134,8 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(script_location: Path | None = None) -> Config:
+    # Deferred here and below: Alembic and SQLAlchemy (about a second) load only to
+    # check or migrate the schema, not for the CLI's other commands or `promo --help`.
     from alembic.config import Config
 
     config = Config()
@@ -78,6 +147,7 @@ def alembic_config(script_location: Path | None = None) -> Config:
 @cache
 def head_revision(script_location: Path | None = None) -> str:
     """The newest revision among the migration files (there must be exactly one head)."""
+    # Deferred: Alembic (see alembic_config).
     from alembic.script import ScriptDirectory
 
     heads = ScriptDirectory.from_config(alembic_config(script_location)).get_heads()
@@ -100,6 +170,7 @@ def check_schema(
 ) -> str:
     """Raise a one-line SchemaVersionError unless the database is at this code's head (or,
     `upgrading`, at a revision this code can migrate from)."""
+    # Deferred: Alembic (see alembic_config).
     from alembic.script import ScriptDirectory
 
     head = head_revision(script_location)
@@ -131,6 +202,7 @@ def upgrade(
     `revision`; returns the revision before and after. One upgrade at a time (advisory lock).
     A revision newer than this code, or a migration that fails, is a one-line
     SchemaVersionError."""
+    # Deferred: Alembic and SQLAlchemy (see alembic_config).
     from alembic import command
     from alembic.util import CommandError
     from sqlalchemy import create_engine

@@ -7,7 +7,7 @@ import dagster as dg
 from promo_pipeline.settings import load_settings
 
 # Fails the code location at load time, naming the variable, when a setting is wrong.
-load_settings(export=True)
+load_settings()
 
 
 @dg.definitions

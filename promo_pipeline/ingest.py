@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 import psycopg
-from confluent_kafka import KafkaException, Producer
 from psycopg.types.json import Jsonb
 from pyspark.sql import DataFrame
 
 from promo_pipeline.fanout import active_at, db_now, held_at
 from promo_pipeline.faultpoints import fault_point, fault_rows
+from promo_pipeline.kafka_config import KafkaConfig
 from promo_pipeline.schema import (
     CAMPAIGN_COLUMNS,
     Campaign,
@@ -22,7 +22,7 @@ from promo_pipeline.schema import (
     cancelled,
     parse_campaign,
 )
-from promo_pipeline.topics import DeliveryErrors, produce_all
+from promo_pipeline.topics import DEAD_LETTERS, Sender
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ class IngestTarget:
     in a Python worker next to the server, not in this process."""
 
     conninfo: str
-    kafka_config: dict[str, Any] = field(repr=False)  # secrets among them
-    dlq_topic: str
+    kafka: KafkaConfig = field(repr=False)  # secrets among them
     run_id: str
     topic_id: str = ""  # the input topic's Kafka id: dead letters are known by it
 
@@ -120,47 +119,16 @@ class CampaignTally:
         return tally
 
 
-class DeadLetters:
-    """Sends rejected messages to the DLQ, unchanged, with the reason and the origin (topic,
-    its id, partition, offset) in headers: once per origin, however often the input is
-    re-read (promo.dead_letters records each origin in the batch's transaction)."""
-
-    def __init__(self, kafka_config: dict[str, Any], topic: str, topic_id: str = "") -> None:
-        self.topic = topic
-        self.topic_id = topic_id
-        # A rejected message may be as large as the broker accepted on input (~1 MiB) plus
-        # our headers: lift the client's own 1,000,000-byte cap and compress, so the broker's
-        # per-batch limit, not the client, decides, and a big message cannot block every run.
-        self.producer = Producer(
-            {
-                **kafka_config,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 20,
-                "message.max.bytes": 4 * 1024 * 1024,
-                "compression.type": "zstd",
-            }
-        )
-        self.errors = DeliveryErrors()
-
-    def send(self, key: bytes | None, value: bytes | None, why: Rejection, source: str) -> None:
-        headers = [
-            ("promo.reject.code", why.code.encode()),
-            ("promo.reject.reason", str(why).encode()),
-            ("promo.source", source.encode()),
-            ("promo.source.topic_id", self.topic_id.encode()),
-        ]
-        produce_all(
-            self.producer, self.topic, [(key, value)], headers=headers, on_delivery=self.errors
-        )
-
-    def flush(self, timeout: float = 60.0) -> None:
-        """Block until every rejected message is acknowledged, or fail the batch."""
-        left = self.producer.flush(timeout)
-        if left or self.errors:
-            raise KafkaException(
-                f"DLQ delivery failed ({left} unacknowledged): {'; '.join(self.errors[:3])}"
-            )
+def dead_letter_headers(why: Rejection, source: str, topic_id: str) -> list[tuple[str, bytes]]:
+    """A rejected message's headers in the DLQ: the reason and the origin (topic, its id,
+    partition, offset). It is sent once per origin, however often the input is re-read
+    (promo.dead_letters records each origin in the batch's transaction)."""
+    return [
+        ("promo.reject.code", why.code.encode()),
+        ("promo.reject.reason", str(why).encode()),
+        ("promo.source", source.encode()),
+        ("promo.source.topic_id", topic_id.encode()),
+    ]
 
 
 # Of a batch's rejected origins, those already in the DLQ (sent by an earlier read).
@@ -256,7 +224,7 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
     columns = [table.column(name).to_pylist() for name in table.column_names]
     valid: list[tuple[Campaign, int, int]] = []
     rejected: Counter[str] = Counter()
-    dead_letters = DeadLetters(target.kafka_config, target.dlq_topic, target.topic_id)
+    dead_letters = Sender(target.kafka, target.kafka.dlq_topic, DEAD_LETTERS)
     outcomes = [
         (parse_campaign(value), key, value, topic, partition, offset)
         for key, value, topic, partition, offset in zip(*columns, strict=True)
@@ -281,7 +249,9 @@ def ingest_batch(batch: DataFrame, batch_id: int, target: IngestTarget) -> None:
     )
     for outcome, key, value, topic, partition, offset in rejects:
         if (partition, offset) not in sent_before:
-            dead_letters.send(key, value, outcome, f"{topic}/{partition}/{offset}")
+            source = f"{topic}/{partition}/{offset}"
+            headers = dead_letter_headers(outcome, source, target.topic_id)
+            dead_letters.send([(key, value)], headers)
     if len(rejects) > len(sent_before):
         dead_letters.flush()
     with psycopg.connect(target.conninfo) as conn, conn.transaction():

@@ -12,8 +12,12 @@ each run's container, and one setting naming a mounted file reaches every client
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 # Set by the named settings (KAFKA_BOOTSTRAP_SERVERS, ...): one home for each.
 NAMED = {
@@ -164,3 +168,103 @@ def _text(properties: dict[str, str], name: str) -> str:
 def masked(properties: dict[str, str]) -> dict[str, str]:
     """`properties` fit to show: secret values replaced by ***."""
     return {name: MASK if SECRET.search(name) else value for name, value in properties.items()}
+
+
+# librdkafka's own log lines (`%4|...|GETPID|... Coordinator load in progress: retrying`), as
+# records of this logger at their syslog level. It shows errors only unless logging is set up
+# otherwise: librdkafka warns about what it retries itself, and what fails for good reaches the
+# caller as an exception, a delivery error or a failed check.
+LIBRDKAFKA_LOG = logging.getLogger("promo_pipeline.librdkafka")
+if LIBRDKAFKA_LOG.level == logging.NOTSET:
+    LIBRDKAFKA_LOG.setLevel(logging.ERROR)
+
+
+class KafkaConfig(BaseModel):
+    """Brokers and topics; one place turns the settings into client and Spark options."""
+
+    model_config = ConfigDict(frozen=True)
+    # Each field is the setting KAFKA_<FIELD>, else PROMO_<FIELD> (Settings.config_for).
+    SETTINGS_PREFIXES: ClassVar[tuple[str, ...]] = ("kafka", "promo")
+
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_ca_location: str = ""
+    # The file's path only: its values (secrets among them) are read where a client is made,
+    # so they never become resource config the UI shows.
+    properties_file: str = ""
+    input_topic: str
+    output_topic: str
+    dlq_topic: str
+    consumer_group: str = "promo_pipeline"
+
+    def plain(self) -> KafkaConfig:
+        """These values as a KafkaConfig itself, picklable (a Dagster resource built on this
+        class is not), for Spark's Python workers."""
+        return KafkaConfig(**{name: getattr(self, name) for name in KafkaConfig.model_fields})
+
+    def properties(self) -> dict[str, str]:
+        """KAFKA_PROPERTIES_FILE's properties, librdkafka names (none without the file)."""
+        return read_properties(self.properties_file) if self.properties_file else {}
+
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        """Configuration for confluent-kafka clients: the named settings, the properties file,
+        then what the caller's role needs (`extra`); their log lines go to Python logging
+        (`LIBRDKAFKA_LOG`) instead of raw to stderr."""
+        config: dict[str, Any] = self.properties() | {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "logger": LIBRDKAFKA_LOG,
+        }
+        if self.security_protocol.startswith("SASL_"):
+            config |= {
+                "sasl.mechanism": self.sasl_mechanism,
+                "sasl.username": self.sasl_username,
+                "sasl.password": self.sasl_password,
+            }
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        return config | extra
+
+    def spark_options(self) -> dict[str, str]:
+        """The same settings as options of Spark's Kafka source and sink."""
+        options = {
+            "kafka.bootstrap.servers": self.bootstrap_servers,
+            "kafka.security.protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL_"):
+            module = (
+                "org.apache.kafka.common.security.plain.PlainLoginModule"
+                if self.sasl_mechanism == "PLAIN"
+                else "org.apache.kafka.common.security.scram.ScramLoginModule"
+            )
+            user = self.sasl_username.replace('"', '\\"')
+            password = self.sasl_password.replace('"', '\\"')
+            options |= {
+                "kafka.sasl.mechanism": self.sasl_mechanism,
+                "kafka.sasl.jaas.config": (
+                    f'{module} required username="{user}" password="{password}";'
+                ),
+            }
+        if self.ssl_ca_location:
+            options |= {
+                "kafka.ssl.truststore.type": "PEM",
+                "kafka.ssl.truststore.location": self.ssl_ca_location,
+            }
+        java = java_properties(
+            self.properties(), where=f"KAFKA_PROPERTIES_FILE {self.properties_file}"
+        )
+        return options | {f"kafka.{name}": value for name, value in java.items()}
+
+    def described(self) -> str:
+        """The client settings in one line for the run's log, secrets masked."""
+        shown = masked(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "security.protocol": self.security_protocol,
+            }
+            | self.properties()
+        )
+        return ", ".join(f"{name}={value}" for name, value in shown.items())

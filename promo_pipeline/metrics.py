@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from promo_pipeline.db import conninfo
 from promo_pipeline.settings import Settings
+from promo_pipeline.status import status_report
 
 # Rows ever inserted into the ledger: Postgres' own counter (no scan of a table of millions).
 # It restarts from 0 when statistics are reset, which Prometheus' rate() treats as a reset.
@@ -42,9 +45,6 @@ class PipelineCollector(Collector):
         self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
-        from promo_pipeline.db import conninfo
-        from promo_pipeline.status import status_report
-
         report, _ = status_report(self.settings)
         yield from _input_metrics(report["input"])
         yield _gauge(
@@ -116,8 +116,7 @@ def last_success_age() -> float | None:
     """Seconds since the latest successful promo_job run ended; None without DAGSTER_HOME."""
     if not os.environ.get("DAGSTER_HOME"):
         return None
-    import time
-
+    # Deferred: Dagster takes seconds to import, and only a DAGSTER_HOME needs it.
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
     with DagsterInstance.get() as instance:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from promo_pipeline.kafka_config import read_properties
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# A library's part of the settings: a model whose fields are settings without their prefix.
+Part = TypeVar("Part", bound=BaseModel)
 
 
 class SettingsError(RuntimeError):
@@ -203,8 +205,55 @@ class Settings(BaseSettings):
         return self
 
     def as_environ(self) -> dict[str, str]:
-        """The settings as environment variables, for child processes and Dagster `EnvVar`."""
+        """The settings as environment variables, for child processes."""
         return {name.upper(): str(value) for name, value in self.model_dump().items()}
+
+    def config_for(self, model: type[Part]) -> Part:
+        """`model` filled from these settings."""
+        return model(**self.values_for(model))
+
+    def values_for(self, model: type[BaseModel]) -> dict[str, str | int | float]:
+        """The values of `model`'s fields in these settings (`setting_names`), a path as text."""
+        values = {
+            field: getattr(self, name.lower()) for field, name in setting_names(model).items()
+        }
+        return {field: str(v) if isinstance(v, Path) else v for field, v in values.items()}
+
+
+def setting_names(model: type[BaseModel]) -> dict[str, str]:
+    """Each field of `model` and the variable that sets it: `<PREFIX>_<FIELD>` for the first of
+    the model's SETTINGS_PREFIXES that names a setting, so the names are written once, here."""
+    names = {}
+    for field in model.model_fields:
+        candidates = [f"{prefix}_{field}" for prefix in model.SETTINGS_PREFIXES]
+        known = [name for name in candidates if name in Settings.model_fields]
+        if not known:
+            raise KeyError(f"{model.__name__}.{field}: no setting {' or '.join(candidates)}")
+        names[field] = known[0].upper()
+    return names
+
+
+class StateConfig(BaseModel):
+    """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be, how
+    long a run may go on starting fan-out slices while input waits, how many connections write
+    a fan-out, how often it reports progress, and from what outbox size Spark sends the
+    triggers."""
+
+    model_config = ConfigDict(frozen=True)
+    # Each field is the setting PROMO_<FIELD>.
+    SETTINGS_PREFIXES: ClassVar[tuple[str, ...]] = ("promo",)
+
+    state_dir: str
+    max_offsets_per_trigger: int
+    trigger_slice_rows: int
+    fanout_run_budget_s: int
+    push_spark_min_triggers: int
+    sink_writers: int
+    progress_every_s: int
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return str(checkpoint_dir(self.state_dir))
 
 
 def checkpoint_dir(state_dir: str | Path) -> Path:
@@ -220,8 +269,8 @@ def stack_env_file() -> Path:
     return Path(os.environ.get("PROMO_STACK_DIR", ".promo")) / "stack.env"
 
 
-def load_settings(*, export: bool = False) -> Settings:
-    """Read and check the settings; with `export`, fill `os.environ` so `EnvVar` sees defaults."""
+def load_settings() -> Settings:
+    """Read and check the settings; a problem is one line naming each variable."""
     try:
         settings = Settings(_env_file=stack_env_file())
     except ValidationError as error:
@@ -232,7 +281,4 @@ def load_settings(*, export: bool = False) -> Settings:
             shown = "" if name.endswith("PASSWORD") or isinstance(given, dict) else f" ({given!r})"
             problems.append(f"{name}: {item['msg']}{shown}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
-    if export:
-        for name, value in settings.as_environ().items():
-            os.environ.setdefault(name, value)
     return settings

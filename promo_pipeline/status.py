@@ -13,7 +13,8 @@ from typing import Any
 
 import psycopg
 
-from promo_pipeline.checkpoint import InputPosition
+from promo_pipeline.checkpoint import InputPosition, describe_gaps, input_position
+from promo_pipeline.db import conninfo
 from promo_pipeline.fanout import (
     active_at,
     cancelled_sql,
@@ -22,8 +23,9 @@ from promo_pipeline.fanout import (
     in_progress_at,
     unsent_triggers,
 )
+from promo_pipeline.kafka_config import KafkaConfig
 from promo_pipeline.schema import EPOCH_MAX, format_epoch
-from promo_pipeline.settings import Settings
+from promo_pipeline.settings import Settings, StateConfig
 
 # Four disjoint states: a cancelled campaign is neither held nor expired.
 STATUS_CAMPAIGNS = f"""
@@ -80,16 +82,12 @@ DAGSTER_SHOWN = {
 
 def status_report(settings: Settings, now: int | None = None) -> tuple[dict[str, Any], list[str]]:
     """The status as data (`promo status --json`) and as lines; one source for both."""
-    from promo_pipeline.checkpoint import input_position
-    from promo_pipeline.db import conninfo
-    from promo_pipeline.resources import kafka_resource, state_resource
-
-    kafka = kafka_resource(settings)
+    kafka = settings.config_for(KafkaConfig)
     lines: list[str] = []
     with psycopg.connect(conninfo(settings)) as conn:
         now = db_now(conn) if now is None else now
         report: dict[str, Any] = {"now": now}
-        position = input_position(kafka, conn, state_resource(settings).checkpoint_dir)
+        position = input_position(kafka, conn, settings.config_for(StateConfig).checkpoint_dir)
         report["input"], line = _input_status(position)
         _skipped_by_rewind(conn, kafka.input_topic, report["input"])
         if report["input"]["skipped_by_rewind"]:
@@ -153,8 +151,6 @@ def _input_status(position: InputPosition) -> tuple[dict[str, Any], str]:
         for p, (_, high) in position.watermarks.items()
     )
     if position.gaps:
-        from promo_pipeline.checkpoint import describe_gaps
-
         line += (
             f"; LOST {position.lost} offsets deleted by retention before they were read "
             f"({describe_gaps(position.gaps)})"
@@ -251,6 +247,7 @@ def _campaigns(
 
 def _last_input(conninfo: str, row: tuple | None, lines: list[str]) -> dict[str, Any] | None:
     """What the latest run read from the input topic, by the run's own tally."""
+    # Deferred: ingest imports pyspark (a second), which `promo status` needs only here.
     from promo_pipeline.ingest import CampaignTally
 
     if not row:
@@ -294,6 +291,7 @@ def _dagster_last_run() -> list[str]:
     """The latest promo_job run from the Dagster instance, when DAGSTER_HOME names one."""
     if not os.environ.get("DAGSTER_HOME"):
         return ["last Dagster run: unknown (DAGSTER_HOME is not set)"]
+    # Deferred: Dagster takes seconds to import, and only a DAGSTER_HOME needs it.
     from dagster import DagsterInstance, RunsFilter
 
     with DagsterInstance.get() as instance:
@@ -318,6 +316,7 @@ def _dagster_last_run() -> list[str]:
 
 def _run_counts(instance: Any, run_id: str) -> list[str]:
     """DAGSTER_SHOWN's numbers, from the assets this run materialized."""
+    # Deferred: Dagster (see _dagster_last_run).
     from dagster import AssetKey
 
     counts = []

@@ -1,15 +1,15 @@
-"""The three topics, created when missing (the local stack disables auto-creation), and the
-one way this project queues messages to a producer."""
+"""The three topics, created when missing (the local stack disables auto-creation), their
+partitions' offsets, and the one producer wrapper, with a profile per kind of message."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from promo_pipeline.resources import KafkaResource
+from promo_pipeline.kafka_config import KafkaConfig
 
 # -1 leaves the number to the broker (`num.partitions`, `default.replication.factor`), so a
 # managed cluster's replication applies unless the settings ask otherwise.
@@ -17,12 +17,13 @@ BROKER_DEFAULT = -1
 # How long one Kafka metadata or offsets request may take before the caller gives up.
 KAFKA_TIMEOUT_S = 10.0
 # A rejected message keeps its original bytes (up to the input topic's limit) and gains reason
-# headers, so the DLQ must take larger messages than the input does (the DLQ producer's limit).
-DLQ_CONFIG = {"max.message.bytes": str(4 * 1024 * 1024)}
+# headers, so the DLQ topic and its producer take larger messages than the input does.
+DLQ_MAX_BYTES = 4 * 1024 * 1024
+DLQ_CONFIG = {"max.message.bytes": str(DLQ_MAX_BYTES)}
 
 
 def ensure_topics(
-    kafka: KafkaResource,
+    kafka: KafkaConfig,
     *,
     partitions: int = BROKER_DEFAULT,
     replication_factor: int = BROKER_DEFAULT,
@@ -58,6 +59,30 @@ def ensure_topics(
     return created
 
 
+def topic_watermarks(kafka: KafkaConfig, topic: str) -> dict[int, tuple[int, int]]:
+    """(low, high) per partition; raises if the broker does not answer in time."""
+    consumer = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": "promo_pipeline.sensor",
+                "enable.auto.commit": False,
+                "socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000),
+            }
+        )
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_S)
+        partitions = metadata.topics[topic].partitions
+        if metadata.topics[topic].error is not None:
+            raise RuntimeError(f"topic {topic}: {metadata.topics[topic].error}")
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S)
+            for p in sorted(partitions)
+        }
+    finally:
+        consumer.close()
+
+
 class DeliveryErrors(list[str]):
     """A producer's `on_delivery` callback that keeps the error of every failed message; the
     caller checks it after `flush`."""
@@ -85,11 +110,14 @@ def produce_all(
                 producer.poll(0.05)
 
 
-# The run's own producer of triggers keeps the guarantees of Spark's Kafka writer (acks=all,
-# idempotent, lz4) and its partition for a key (murmur2, the Java client's partitioner), so a
-# client's triggers land on the same partition whichever path sent them. Only failed messages
-# report back, and the local queue is bounded (64 MiB), so memory stays flat at any size.
-TRIGGER_PRODUCER = {
+# Profiles of `Sender`: librdkafka options for one kind of message.
+#
+# Triggers keep the guarantees of Spark's Kafka writer (acks=all, idempotent, lz4) and its
+# partition for a key (murmur2, the Java client's partitioner), so a client's triggers land on
+# the same partition whichever path sent them. Only failed messages report back, and the local
+# queue is bounded (64 MiB), so memory stays flat at any size. The messages repeat their
+# campaign's fields, so lz4 shrinks a batch several times over. `SPARK_TRIGGERS` is derived.
+TRIGGERS: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
     "linger.ms": 20,
@@ -100,26 +128,81 @@ TRIGGER_PRODUCER = {
     "queue.buffering.max.kbytes": 64 * 1024,
     "delivery.report.only.error": True,
 }
+# A rejected message may be as large as the broker accepted on input (~1 MiB) plus our
+# headers: lift the client's own 1,000,000-byte cap and compress, so the broker's per-batch
+# limit, not the client, decides, and a big message cannot block every run.
+DEAD_LETTERS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 20,
+    "message.max.bytes": DLQ_MAX_BYTES,
+    "compression.type": "zstd",
+}
+# The CLI's messages (`promo send`, `promo dlq replay`): idempotent, with the caller's headers.
+CLI: dict[str, Any] = {"enable.idempotence": True}
+
+# The options of TRIGGERS that the Java client names and reads alike.
+SHARED_WITH_JAVA = ("acks", "enable.idempotence", "linger.ms", "batch.size", "compression.type")
+# Spark's Kafka writer (the Java producer) for the same triggers, derived from TRIGGERS, with
+# bounded waits: an unreachable broker fails the run in under a minute rather than hanging it
+# (the outbox keeps the triggers for the next run).
+# librdkafka's message.timeout.ms is Java's delivery.timeout.ms; Java's default partitioner is
+# murmur2 already; the local queue and delivery reports are librdkafka's own.
+SPARK_TRIGGERS = {
+    f"kafka.{name}": str(TRIGGERS[name]).lower()
+    if isinstance(TRIGGERS[name], bool)
+    else str(TRIGGERS[name])
+    for name in SHARED_WITH_JAVA
+} | {
+    "kafka.request.timeout.ms": "15000",
+    "kafka.delivery.timeout.ms": str(TRIGGERS["message.timeout.ms"]),
+    "kafka.max.block.ms": "15000",
+}
 
 
-class TriggerProducer:
-    """Sends (key, value) messages to one topic and, on `flush`, waits until Kafka acknowledged
-    every one, or raises naming the failures; a caller forgets what it sent only after that."""
+class DeliveryFailed(KafkaException):
+    """Kafka did not acknowledge some messages; `detail` says why (their errors, or none came)."""
 
-    def __init__(self, kafka: KafkaResource, topic: str) -> None:
+    def __init__(self, where: str, topic: str, count: int, detail: str) -> None:
+        super().__init__(
+            f"Kafka at {where} did not acknowledge {count} messages to {topic}: {detail}"
+        )
+        self.detail = detail
+
+
+class Sender:
+    """Sends messages to one topic with one profile's options and, on `flush`, waits until Kafka
+    acknowledged every one, or raises `DeliveryFailed` naming the failures; a caller forgets
+    what it sent only after that."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, profile: dict[str, Any] = TRIGGERS) -> None:
         self.topic = topic
         self.where = kafka.bootstrap_servers
         self.errors = DeliveryErrors()
-        self.producer = Producer(kafka.client_config(**TRIGGER_PRODUCER, on_delivery=self.errors))
+        self.producer = Producer(kafka.client_config(**profile, on_delivery=self.errors))
 
-    def send(self, messages: Iterable[tuple[bytes, bytes]]) -> None:
-        produce_all(self.producer, self.topic, messages)
+    def send(
+        self,
+        messages: Iterable[tuple[bytes | None, bytes | None]],
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue `messages` (key, value), each with `headers`; serve delivery reports so far."""
+        produce_all(
+            self.producer, self.topic, messages, **({"headers": headers} if headers else {})
+        )
+        self.producer.poll(0)
 
     def flush(self, timeout: float = 60.0) -> None:
         left = self.producer.flush(timeout)
         if left or self.errors:
-            shown = "; ".join(dict.fromkeys(self.errors[:100])) or "no answer"
-            raise KafkaException(
-                f"Kafka at {self.where} did not acknowledge {left or len(self.errors)} messages "
-                f"to {self.topic}: {shown}"
+            shown = "; ".join(dict.fromkeys(self.errors[:100]))
+            raise DeliveryFailed(
+                self.where,
+                self.topic,
+                left or len(self.errors),
+                shown or f"no answer within {timeout:.0f} s",
             )
+
+
+# The name the sinks use.
+TriggerProducer = Sender

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, TopicPartition
-
 from promo_pipeline.checkpoint import input_position
+from promo_pipeline.db import PostgresConfig
 from promo_pipeline.fanout import NEW_FROM, active_at, db_now, held_at, unsent_triggers
-from promo_pipeline.resources import KafkaResource, PostgresResource
+from promo_pipeline.kafka_config import KafkaConfig
 from promo_pipeline.schema import format_epoch
-from promo_pipeline.topics import KAFKA_TIMEOUT_S
 
 POSTGRES_TIMEOUT_MS = 20_000
 
@@ -36,30 +34,6 @@ WHERE {held_at("%(now)s")}
 """
 
 
-def topic_watermarks(kafka: KafkaResource, topic: str) -> dict[int, tuple[int, int]]:
-    """(low, high) per partition; raises if the broker does not answer in time."""
-    consumer = Consumer(
-        kafka.client_config(
-            **{
-                "group.id": "promo_pipeline.sensor",
-                "enable.auto.commit": False,
-                "socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000),
-            }
-        )
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_S)
-        partitions = metadata.topics[topic].partitions
-        if metadata.topics[topic].error is not None:
-            raise RuntimeError(f"topic {topic}: {metadata.topics[topic].error}")
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S)
-            for p in sorted(partitions)
-        }
-    finally:
-        consumer.close()
-
-
 @dataclass
 class Work:
     """What a run would do now: `reasons` to start one (none: skip), and `skip_reasons` for
@@ -75,8 +49,8 @@ class Work:
 
 
 def find_work(
-    kafka: KafkaResource,
-    postgres: PostgresResource,
+    kafka: KafkaConfig,
+    postgres: PostgresConfig,
     checkpoint_dir: str,
     now: int | None = None,
 ) -> Work:

@@ -177,6 +177,31 @@ def test_compose_passes_only_settings_the_code_reads(
         Settings()
 
 
+# Settings compose does not pass, and why.
+NOT_IN_COMPOSE = {"PROMO_SPARK_JARS": "the image's ENV names the jars it bakes (Dockerfile)"}
+# Settings whose compose default is this deployment's own, not settings.py's.
+COMPOSE_DEFAULTS = {"KAFKA_BOOTSTRAP_SERVERS", "SPARK_MASTER"}
+
+
+def test_compose_passes_every_setting_with_the_code_defaults() -> None:
+    """Compose's list of settings (which each run's container gets too, by the run launcher's
+    env_vars) holds every setting of settings.py, and a `${NAME:-default}` there is the
+    default settings.py gives, unless it names a service of this deployment."""
+    text = (REPO / "docker-compose.yml").read_text()
+    env = yaml.safe_load(text)["x-promo-env"]
+    settings = {name.upper(): field for name, field in Settings.model_fields.items()}
+    assert sorted(set(settings) - set(env) - set(NOT_IN_COMPOSE)) == []
+    defaults = dict(re.findall(r"^  (\w+): \$\{\1:-([^}]*)\}$", text, re.MULTILINE))
+    assert len(defaults) > 20  # the pattern found compose's defaults
+    differ = {
+        name: (value, str(settings[name].default))
+        for name, value in defaults.items()
+        if name not in COMPOSE_DEFAULTS and value != str(settings[name].default)
+    }
+    assert differ == {}
+    assert all(name in defaults for name in COMPOSE_DEFAULTS)
+
+
 def test_compose_refuses_to_start_without_a_password(compose: list[str]) -> None:
     result = compose_config(compose, DOCKER_ENV)
     assert result.returncode != 0

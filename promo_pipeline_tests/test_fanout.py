@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promo_pipeline.resources import kafka_resource, postgres_resource
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource
 from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline.work import find_work
 from promo_pipeline_tests.support.faults import ChildRun, check_recovered, poll

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from promo_pipeline.defs.resources import kafka_resource
 from promo_pipeline.kafka_config import (
     LIBRDKAFKA_ONLY,
     NAMED,
@@ -16,7 +17,6 @@ from promo_pipeline.kafka_config import (
     masked,
     read_properties,
 )
-from promo_pipeline.resources import kafka_resource
 from promo_pipeline.settings import SettingsError, load_settings
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

@@ -11,10 +11,10 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from promo_pipeline.resources import LIBRDKAFKA_LOG, KafkaResource
+from promo_pipeline.kafka_config import LIBRDKAFKA_LOG, KafkaConfig
 
 # Nothing listens there: every client logs its refused connection (syslog level 3, error).
-NOBODY = KafkaResource(
+NOBODY = KafkaConfig(
     bootstrap_servers="127.0.0.1:1", input_topic="i", output_topic="o", dlq_topic="d"
 )
 

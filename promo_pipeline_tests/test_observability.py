@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client.parser import text_string_to_metric_families
 
 from promo_pipeline.checkpoint import committed_offsets
-from promo_pipeline.resources import kafka_resource, state_resource
+from promo_pipeline.defs.resources import kafka_resource, state_resource
 from promo_pipeline.settings import load_settings
 from promo_pipeline.status import status_report
 from promo_pipeline_tests.support.pipeline import REPO, Pipeline, campaign, new_uuid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -86,11 +87,26 @@ def test_cli_and_code_location_fail_at_start_naming_the_variable(
     assert location.returncode != 0 and "POSTGRES_PORT" in location.stderr
 
 
-def test_readme_lists_every_setting() -> None:
+def test_readme_lists_every_setting_with_its_default() -> None:
+    """README's table of settings names each one, with the default settings.py gives it."""
     from pathlib import Path
 
     from promo_pipeline.settings import Settings
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}" not in readme]
+    shown: dict[str, str] = {}
+    for row in re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| ([^|]+) \|", readme, re.M):
+        names = [name.strip("`") for name in row[0].split(" / ")]
+        defaults = [value.strip().strip("`") for value in row[1].split(" / ")]
+        if len(defaults) == 1:
+            defaults *= len(names)
+        shown |= dict(zip(names, defaults, strict=True))
+    missing = [name.upper() for name in Settings.model_fields if name.upper() not in shown]
     assert missing == []
+    differ = {
+        name.upper(): (shown[name.upper()], str(field.default))
+        for name, field in Settings.model_fields.items()
+        if not shown[name.upper()].startswith("set by")
+        and shown[name.upper()].replace("\N{EN DASH}", "") != str(field.default)
+    }
+    assert differ == {}

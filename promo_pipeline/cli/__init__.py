@@ -18,7 +18,7 @@ from typing import NoReturn
 import argcomplete
 
 from promo_pipeline.cli import messages, recovery, run, stack, status
-from promo_pipeline.cli.common import UserError
+from promo_pipeline.cli.common import UserError, connection_problem
 from promo_pipeline.settings import SettingsError
 
 # The order of `promo --help`'s command list.
@@ -70,36 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as error:
-        problem = _connection_problem(error)
+        problem = connection_problem(error)
         if problem is None:
             raise
         print(f"promo: {problem}", file=sys.stderr)
         return 1
-
-
-def failure_line(error: Exception) -> str | None:
-    """The one line `main` prints for `error` (a user error or a service that is down), or
-    None for a bug."""
-    if isinstance(error, SettingsError | UserError):
-        return str(error)
-    return _connection_problem(error)
-
-
-def _connection_problem(error: Exception) -> str | None:
-    """A down or unreachable service, said in one line; None for anything else (a bug)."""
-    import psycopg
-    from confluent_kafka import KafkaException
-
-    if isinstance(error, psycopg.OperationalError):
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return f"Postgres does not answer ({first}); is the stack up? `promo stack status`"
-    if isinstance(error, KafkaException):
-        return f"Kafka: {error.args[0] if error.args else error}"
-    if isinstance(error, psycopg.errors.UndefinedTable):
-        first = str(error).strip().splitlines()[0]
-        return f"{first}: the database predates this version; run `promo db upgrade`"
-    from promo_pipeline.checkpoint import CheckpointError, InputError
-
-    if isinstance(error, CheckpointError | InputError):
-        return str(error)
-    return None

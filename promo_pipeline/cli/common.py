@@ -1,4 +1,5 @@
-"""What every verb group shares: the one-line user error, the stack folder, and how a command's
+"""What every verb group shares: the one-line user error (and a service's failure as one
+line), the stack folder, and how a command's
 `--help` is built from its handler's docstring."""
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import psycopg
+from confluent_kafka import KafkaException
+
+from promo_pipeline.checkpoint import CheckpointError, InputError
+from promo_pipeline.settings import SettingsError
+from promo_pipeline.stack.local import SPARK_ENGINES
 
 DEFAULT_STACK_DIR = ".promo"
 
@@ -56,8 +64,6 @@ def add_dir_option(command: argparse.ArgumentParser) -> None:
 
 def add_stack_options(command: argparse.ArgumentParser) -> None:
     """`--dir` and `--spark`, for the commands that start the local stack."""
-    from promo_pipeline.stack.local import SPARK_ENGINES
-
     add_dir_option(command)
     command.add_argument(
         "--spark",
@@ -70,3 +76,26 @@ def add_stack_options(command: argparse.ArgumentParser) -> None:
 
 def stack_dir(args: argparse.Namespace) -> Path:
     return Path(args.dir or os.environ.get("PROMO_STACK_DIR", DEFAULT_STACK_DIR))
+
+
+def failure_line(error: Exception) -> str | None:
+    """The one line `main` prints for `error` (a user error or a service that is down), or
+    None for a bug."""
+    if isinstance(error, SettingsError | UserError):
+        return str(error)
+    return connection_problem(error)
+
+
+def connection_problem(error: Exception) -> str | None:
+    """A down or unreachable service, said in one line; None for anything else (a bug)."""
+    if isinstance(error, psycopg.OperationalError):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"Postgres does not answer ({first}); is the stack up? `promo stack status`"
+    if isinstance(error, KafkaException):
+        return f"Kafka: {error.args[0] if error.args else error}"
+    if isinstance(error, psycopg.errors.UndefinedTable):
+        first = str(error).strip().splitlines()[0]
+        return f"{first}: the database predates this version; run `promo db upgrade`"
+    if isinstance(error, CheckpointError | InputError):
+        return str(error)
+    return None

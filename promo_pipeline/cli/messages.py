@@ -10,9 +10,17 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+
 from promo_pipeline.cli.common import UsageError, UserError, add_command
 from promo_pipeline.cli.kafka import Publisher, require_topic
+from promo_pipeline.db import conninfo
+from promo_pipeline.fanout import active_at, db_now
+from promo_pipeline.kafka_config import KafkaConfig
+from promo_pipeline.schema import UUID_PATTERN
 from promo_pipeline.settings import Settings, load_settings
+from promo_pipeline.topics import KAFKA_TIMEOUT_S
 
 
 def send(
@@ -27,9 +35,7 @@ def send(
     Lines are not validated here: a bad one goes to the DLQ with its reason when the pipeline
     reads it, which is what happens to a restaurant's bad message too.
     """
-    from promo_pipeline.resources import kafka_resource
-
-    kafka = kafka_resource(settings)
+    kafka = settings.config_for(KafkaConfig)
     require_topic(settings, kafka.input_topic)
     publisher = Publisher(kafka, kafka.input_topic, "publish to", **{"message.timeout.ms": 30_000})
     count = 0
@@ -122,12 +128,7 @@ def tail(
     out: TextIO | None = None,
 ) -> int:
     """Print messages of the output topic (or the DLQ) as they arrive; returns how many."""
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
-
-    from promo_pipeline.resources import kafka_resource
-    from promo_pipeline.topics import KAFKA_TIMEOUT_S
-
-    kafka = kafka_resource(settings)
+    kafka = settings.config_for(KafkaConfig)
     topic = kafka.dlq_topic if dlq else kafka.output_topic
     require_topic(settings, topic)
     consumer = Consumer(
@@ -169,8 +170,6 @@ def _messages(
 ) -> Iterable[Any]:
     """The consumer's messages: `count` at most, and with `exit_at_end` until every partition
     has reported its end (a partition that gets a message again is no longer at its end)."""
-    from confluent_kafka import KafkaError
-
     yielded = 0
     at_end: set[int] = set()
     while count is None or yielded < count:
@@ -215,8 +214,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _uuid_argument(name: str, value: str) -> str:
-    from promo_pipeline.schema import UUID_PATTERN
-
     if not UUID_PATTERN.match(value):
         raise UsageError(
             f"{name} must be a UUID like 023e4567-e89b-12d3-a456-426614174000: {value!r}"
@@ -226,11 +223,6 @@ def _uuid_argument(name: str, value: str) -> str:
 
 def subscribe(settings: Settings, client: str, restaurant: str) -> tuple[bool, list[str]]:
     """Add the subscription unless present; returns (added, active campaigns it will get)."""
-    import psycopg
-
-    from promo_pipeline.db import conninfo
-    from promo_pipeline.fanout import active_at, db_now
-
     with psycopg.connect(conninfo(settings)) as conn:
         now = db_now(conn)
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{client}/{restaurant}",))

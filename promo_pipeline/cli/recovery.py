@@ -10,14 +10,29 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+
+from promo_pipeline.checkpoint import (
+    CheckpointError,
+    committed_offsets,
+    describe_gaps,
+    record_event,
+    recorded_reads,
+    recorded_topic_id,
+    set_aside,
+    start_file,
+    topic_id,
+)
 from promo_pipeline.cli.common import UsageError, UserError, add_command
 from promo_pipeline.cli.kafka import Publisher, require_topic
-from promo_pipeline.settings import Settings, load_settings
-
-if TYPE_CHECKING:  # resources imports Dagster: too slow for `promo --help`
-    from promo_pipeline.resources import KafkaResource
+from promo_pipeline.db import PIPELINE_LOCK, conninfo
+from promo_pipeline.kafka_config import KafkaConfig
+from promo_pipeline.schema import REJECTION_CODES, epoch_out_of_range
+from promo_pipeline.settings import Settings, StateConfig, load_settings
+from promo_pipeline.topics import KAFKA_TIMEOUT_S, topic_watermarks
 
 # Offsets as Spark's startingOffsets names them: a partition's start, or its end.
 EARLIEST, LATEST = -2, -1
@@ -40,8 +55,6 @@ def _parse_time(value: str) -> int:
     """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise), as epoch ms; a time
     outside the range campaign times may have (a millisecond epoch, the far future) is
     refused, as the input validation refuses it."""
-    from promo_pipeline.schema import epoch_out_of_range
-
     if re.fullmatch(r"-?\d+", value.strip()):
         seconds = int(value)
     else:
@@ -72,26 +85,13 @@ def rewind(
     start unless offsets or a time say otherwise); refused while a run holds the lock, and,
     unless `skip_unread`, when it would move past messages no run has read. What it skips is
     recorded as a rewind event, which `promo status` shows."""
-    import psycopg
-
-    from promo_pipeline.checkpoint import (
-        describe_gaps,
-        record_event,
-        set_aside,
-        start_file,
-        topic_id,
-    )
-    from promo_pipeline.db import conninfo
-    from promo_pipeline.resources import PipelineLockResource, kafka_resource, state_resource
-    from promo_pipeline.work import topic_watermarks
-
-    kafka = kafka_resource(settings)
+    kafka = settings.config_for(KafkaConfig)
     topic = kafka.input_topic
     require_topic(settings, topic)
-    checkpoint = state_resource(settings).checkpoint_dir
+    checkpoint = settings.config_for(StateConfig).checkpoint_dir
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
         # Held until the end of this block, so no run starts while the files move.
-        key = PipelineLockResource.LOCK_KEY
+        key = PIPELINE_LOCK
         if not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
             raise UserError(
                 "a promo_pipeline run holds the pipeline lock; rewind refused (wait for the run "
@@ -133,7 +133,7 @@ def rewind(
 
 def _skipped(
     conn: Any,
-    kafka: KafkaResource,
+    kafka: KafkaConfig,
     checkpoint: str,
     identity: str,
     watermarks: dict[int, tuple[int, int]],
@@ -142,13 +142,6 @@ def _skipped(
     """Per partition, the offsets [from, to) that no run has read and the rewind moves past:
     read means below the checkpoint (if it is this topic's and readable) or below what runs
     recorded in promo.input_offsets."""
-    from promo_pipeline.checkpoint import (
-        CheckpointError,
-        committed_offsets,
-        recorded_reads,
-        recorded_topic_id,
-    )
-
     topic = kafka.input_topic
     read = recorded_reads(conn, topic, identity)
     if recorded_topic_id(conn, topic) in (None, identity):
@@ -169,7 +162,7 @@ def _skipped(
 
 
 def _rewind_target(
-    kafka: KafkaResource,
+    kafka: KafkaConfig,
     topic: str,
     watermarks: dict[int, tuple[int, int]],
     to_offsets: dict[int, int] | None,
@@ -177,10 +170,6 @@ def _rewind_target(
 ) -> dict[int, int]:
     """Where each partition starts: the given offset, the first at or after the time, or
     the partition's start; UserError for a partition or offset the topic does not have."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from promo_pipeline.topics import KAFKA_TIMEOUT_S
-
     if to_offsets is not None:
         unknown = sorted(set(to_offsets) - set(watermarks))
         if unknown:
@@ -264,18 +253,12 @@ def dlq_replay(settings: Settings, reason: str | None = None) -> Replay:
     and value unchanged, without the promo.* headers: each origin (input topic, partition,
     offset) once, ever; a re-sent message rejected again is a new origin, so replay, run,
     replay re-sends it once more, never its earlier copies."""
-    import psycopg
-
-    from promo_pipeline.db import conninfo
-    from promo_pipeline.resources import kafka_resource
-    from promo_pipeline.schema import REJECTION_CODES
-
     if reason is not None and reason not in REJECTION_CODES:
         raise UsageError(
             f"--reason {reason!r} is not a rejection code; known codes: "
             + ", ".join(REJECTION_CODES)
         )
-    kafka = kafka_resource(settings)
+    kafka = settings.config_for(KafkaConfig)
     require_topic(settings, kafka.dlq_topic)
     require_topic(settings, kafka.input_topic)
     publisher = Publisher(kafka, kafka.input_topic, "re-send to")
@@ -331,14 +314,10 @@ def _replay_chunk(
         cursor.executemany(MARK_REPLAYED, marks)
 
 
-def _dead_letters(kafka: KafkaResource) -> Iterator[Any]:
+def _dead_letters(kafka: KafkaConfig) -> Iterator[Any]:
     """Each message in the DLQ up to its end as of now (what arrives meanwhile waits for the
     next replay), one at a time, as a DLQ may hold many large messages; UserError if they
     cannot all be read within READ_TIMEOUT_S."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from promo_pipeline.work import topic_watermarks
-
     topic = kafka.dlq_topic
     ends = topic_watermarks(kafka, topic)
     consumer = Consumer(

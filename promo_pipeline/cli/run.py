@@ -11,17 +11,29 @@ import time
 from importlib import resources as package_files
 from typing import Any
 
+import psycopg
+from dotenv import dotenv_values
+
 from promo_pipeline.cli.common import UserError, add_command, add_stack_options, stack_dir
 from promo_pipeline.cli.messages import send
 from promo_pipeline.cli.stack import prepare, share_settings
-from promo_pipeline.settings import Settings, load_settings
+from promo_pipeline.db import conninfo
+from promo_pipeline.settings import Settings, load_settings, stack_env_file
+from promo_pipeline.stack import LocalStack
 
 
 def run_job() -> tuple[bool, str]:
     """Run the job once in this process; returns success and a one-screen summary."""
+    # Deferred: Dagster takes seconds to import; only `promo run` and `promo demo` need it.
     from promo_pipeline.definitions import defs as load_defs
 
-    load_settings(export=True)
+    # As `dg dev` does with .env: the stack file's settings join this command's environment
+    # (set variables win), so the job's resources find its secrets as `EnvVar`s.
+    stack_env = stack_env_file()
+    if stack_env.is_file():
+        for name, value in dotenv_values(stack_env).items():
+            if value is not None:
+                os.environ.setdefault(name, value)
     defs = load_defs()
     instance = _instance()
     started = time.monotonic()
@@ -41,6 +53,7 @@ def run_job() -> tuple[bool, str]:
 
 def _instance() -> Any:
     """DAGSTER_HOME's instance, so the run shows in the UI; else a throwaway one."""
+    # Deferred: Dagster takes seconds to import; only `promo run` and `promo demo` need it.
     from dagster import DagsterInstance
 
     if not os.environ.get("DAGSTER_HOME"):
@@ -121,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     examples:
     promo run
     """
-    load_settings(export=True)
+    load_settings()
     success, summary = run_job()
     print(summary)
     return 0 if success else 1
@@ -129,10 +142,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def load_sample_subscribers(settings: Settings) -> int:
     """Add the sample subscriptions unless they are there already."""
-    import psycopg
-
-    from promo_pipeline.db import conninfo
-
     sample = package_files.files("promo_pipeline") / "sample" / "subscribers.csv"
     rows = list(csv.DictReader(sample.read_text().splitlines()))
     with psycopg.connect(conninfo(settings)) as conn:
@@ -159,16 +168,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     examples:
     promo demo
     """
-    import psycopg
-
-    from promo_pipeline.db import conninfo
-    from promo_pipeline.stack import LocalStack
-
     stack = LocalStack(stack_dir(args), spark=args.spark)
     env = stack.up()
     os.environ.update(env)
     shared = share_settings(args, env)
-    settings = load_settings(export=True)
+    settings = load_settings()
     prepare(settings)
     print(f"sample subscriptions loaded: {load_sample_subscribers(settings)}")
     sample = package_files.files("promo_pipeline") / "sample" / "campaigns.jsonl"

@@ -16,7 +16,13 @@ from promo_pipeline.cli.common import (
     add_stack_options,
     stack_dir,
 )
+from promo_pipeline.db import SchemaVersionError, init_db, upgrade
+from promo_pipeline.kafka_config import KafkaConfig
 from promo_pipeline.settings import Settings, load_settings
+from promo_pipeline.stack import LocalStack
+from promo_pipeline.stack.errors import StackError
+from promo_pipeline.stack.local import write_env_file
+from promo_pipeline.topics import ensure_topics
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -48,9 +54,6 @@ def cmd_stack_up(args: argparse.Namespace) -> int:
     eval "$(promo stack up)"      # ... and export its settings into this shell
     promo stack up --dir /tmp/other-stack
     """
-    from promo_pipeline.stack import LocalStack
-    from promo_pipeline.stack.errors import StackError
-
     stack = LocalStack(stack_dir(args), spark=args.spark)
     try:
         env = stack.up()
@@ -75,8 +78,6 @@ def cmd_stack_down(args: argparse.Namespace) -> int:
     promo stack down
     promo stack down --dir /tmp/other-stack
     """
-    from promo_pipeline.stack import LocalStack
-
     stack = LocalStack(stack_dir(args))
     stack.down()
     print(f"stack in {stack.dir} stopped (data kept)", file=sys.stderr)
@@ -91,8 +92,6 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
     examples:
     promo stack status
     """
-    from promo_pipeline.stack import LocalStack
-
     for service, running, where in LocalStack(stack_dir(args)).status():
         print(f"{service:<13} {'running' if running else 'stopped':<8} {where}")
     return 0
@@ -117,8 +116,6 @@ def share_settings(args: argparse.Namespace, env: dict[str, str]) -> bool:
     A stack in another folder (--dir, PROMO_STACK_DIR: tests, a second stack) leaves ./.env
     to the default one. A .env without promo's first line is the user's (compose's, say):
     kept, and said so."""
-    from promo_pipeline.stack.local import write_env_file
-
     if args.dir is not None or "PROMO_STACK_DIR" in os.environ:
         return False
     path = Path(DOTENV)
@@ -136,13 +133,9 @@ def share_settings(args: argparse.Namespace, env: dict[str, str]) -> bool:
 
 def prepare(settings: Settings) -> None:
     """Tables and topics, both created only where missing."""
-    from promo_pipeline.db import init_db
-    from promo_pipeline.resources import kafka_resource
-    from promo_pipeline.topics import ensure_topics
-
     init_db(settings)
     created = ensure_topics(
-        kafka_resource(settings),
+        settings.config_for(KafkaConfig),
         partitions=settings.promo_topic_partitions,
         replication_factor=settings.promo_topic_replication_factor,
     )
@@ -160,8 +153,6 @@ def cmd_db(args: argparse.Namespace) -> int:
     examples:
     promo db upgrade
     """
-    from promo_pipeline.db import SchemaVersionError, upgrade
-
     try:
         before, after = upgrade(load_settings())
     except SchemaVersionError as error:

@@ -8,9 +8,10 @@ import sys
 import threading
 from typing import Any
 
-from promo_pipeline.cli.common import add_command
+from promo_pipeline.cli.common import add_command, failure_line
 from promo_pipeline.cli.kafka import require_topic
 from promo_pipeline.settings import Settings, load_settings
+from promo_pipeline.status import status_report
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -34,8 +35,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             report = _report(load_settings())[0]
         except Exception as error:
-            from promo_pipeline.cli import failure_line
-
             line = failure_line(error) or f"{type(error).__name__}: {error}".splitlines()[0]
             print(json.dumps({"error": line}))
             raise
@@ -62,6 +61,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     promo metrics --textfile /var/lib/node_exporter/textfile/promo.prom
     promo metrics --serve 9464
     """
+    # Deferred: the Prometheus client loads for `promo metrics` only, not `promo --help`.
     from prometheus_client import generate_latest, start_http_server, write_to_textfile
 
     from promo_pipeline.metrics import registry
@@ -85,8 +85,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _report(settings: Settings) -> tuple[dict[str, Any], list[str]]:
-    from promo_pipeline.status import status_report
-
     # A stack that is down fails here in one line, before the report's many queries.
     require_topic(settings, settings.promo_input_topic)
     return status_report(settings)

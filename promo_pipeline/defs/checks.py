@@ -18,10 +18,10 @@ from dagster import (
 )
 
 from promo_pipeline.defs.campaigns.assets import campaign_batch
+from promo_pipeline.defs.resources import PostgresResource
 from promo_pipeline.defs.sinks.assets import feedback_sink, push_sink
 from promo_pipeline.fanout import unsent_triggers
 from promo_pipeline.ingest import CampaignTally
-from promo_pipeline.resources import PostgresResource
 from promo_pipeline.settings import load_settings
 
 DUPLICATES = """

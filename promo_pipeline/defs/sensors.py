@@ -19,13 +19,9 @@ from dagster import (
     sensor,
 )
 
+from promo_pipeline.db import pipeline_lock_holders
 from promo_pipeline.defs.jobs import promo_job
-from promo_pipeline.resources import (
-    KafkaResource,
-    PipelineLockResource,
-    PostgresResource,
-    StateResource,
-)
+from promo_pipeline.defs.resources import KafkaResource, PostgresResource, StateResource
 from promo_pipeline.work import find_work
 
 ACTIVE_STATUSES = [
@@ -121,7 +117,7 @@ def check_run_alive(
     if run.status != DagsterRunStatus.STARTED or started is None:
         _set_suspect(context, None)
         return in_progress
-    holders = PipelineLockResource.holders(postgres)
+    holders = pipeline_lock_holders(postgres)
     if holders:
         _set_suspect(context, None)
         return in_progress

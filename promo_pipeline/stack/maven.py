@@ -128,6 +128,7 @@ def spark_jars() -> list[Path]:
     Non-transitive on purpose: pyspark already ships Spark itself, and the few extra runtime
     dependencies are listed explicitly at the versions Spark's own build uses.
     """
+    # Deferred: pyspark takes a second to import; `promo --help` does not need it.
     import pyspark
 
     spark = pyspark.__version__

@@ -21,6 +21,7 @@ CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
 def spark_home() -> Path:
     """The pip-installed pyspark folder: it holds bin/, jars/ and a complete Spark runtime."""
+    # Deferred: pyspark takes a second to import; `promo --help` does not need it.
     import pyspark
 
     return Path(pyspark.__file__).resolve().parent

@@ -411,7 +411,7 @@ def test_rewind_to_offsets_given_empty_is_refused(
 def test_status_lists_a_cancelled_held_campaign_as_cancelled_not_due(
     pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from promo_pipeline.resources import kafka_resource, postgres_resource, state_resource
+    from promo_pipeline.defs.resources import kafka_resource, postgres_resource, state_resource
     from promo_pipeline.work import find_work
     from promo_pipeline_tests.support.faults import wait_topics_ready
 

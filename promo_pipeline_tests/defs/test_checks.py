@@ -22,9 +22,7 @@ CHECKS = {
 def run_with_checks(pipeline: Pipeline) -> dict[str, AssetCheckEvaluation]:
     """One run of the job as the sensor would start it; the checks' verdicts by name."""
     from promo_pipeline.definitions import defs as load_defs
-    from promo_pipeline.settings import load_settings
 
-    load_settings(export=True)
     defs = load_defs()
     result = defs.resolve_job_def("promo_job").execute_in_process(
         instance=DagsterInstance.ephemeral(), raise_on_error=False

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from promo_pipeline.resources import PipelineLockResource
+from promo_pipeline.db import PIPELINE_LOCK
 from promo_pipeline_tests.support.faults import ChildRun, check_recovered, poll
 from promo_pipeline_tests.support.pipeline import Pipeline
 
@@ -34,7 +34,7 @@ def lock_holders(pipeline: Pipeline) -> int:
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
         "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
         "AND objid = hashtext(%s)::oid",
-        (PipelineLockResource.LOCK_KEY,),
+        (PIPELINE_LOCK,),
     )[0][0]
 
 

@@ -4,8 +4,13 @@ job's selection or tags, the sensor, a resource) must change this test too."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
-from dagster import AssetKey, DefaultSensorStatus, Definitions
+from dagster import AssetKey, DefaultSensorStatus, Definitions, EnvVar
 
 from promo_pipeline.settings import Settings
 
@@ -50,19 +55,18 @@ RESOURCES = {
 def defs(tmp_path_factory: pytest.TempPathFactory) -> Definitions:
     """The Definitions as the code location builds them, on the settings' defaults."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        home = tmp_path_factory.mktemp("defs")
-        # No stack.env fallback and none of the caller's settings: the defaults, set explicitly
-        # so that load_settings(export=True) adds nothing to the environment that outlives this.
-        monkeypatch.setenv("PROMO_STACK_DIR", str(home))
-        for name in Settings.model_fields:
-            monkeypatch.delenv(name.upper(), raising=False)
-        monkeypatch.setenv("PROMO_STATE_DIR", str(home / "state"))
-        for name, value in Settings(_env_file=None).as_environ().items():
-            monkeypatch.setenv(name, value)
-
+        _defaults_only(monkeypatch, tmp_path_factory.mktemp("defs"))
         from promo_pipeline.definitions import defs as load_defs
 
         return load_defs()
+
+
+def _defaults_only(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """No stack.env fallback and none of the caller's settings but the state dir."""
+    monkeypatch.setenv("PROMO_STACK_DIR", str(home))
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("PROMO_STATE_DIR", str(home / "state"))
 
 
 def test_assets_and_their_dependencies(defs: Definitions) -> None:
@@ -117,3 +121,59 @@ def test_resources(defs: Definitions) -> None:
     assert {key: type(value).__name__ for key, value in (defs.resources or {}).items()} == (
         RESOURCES
     )
+
+
+def test_a_set_variable_stays_an_env_var_and_a_default_is_a_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A setting given in the environment reaches the resource as an `EnvVar` (a secret is
+    never shown by the UI); one left to its default reaches it as the value, since nothing
+    writes the defaults into the environment."""
+    from promo_pipeline.defs.resources import build_resources
+    from promo_pipeline.settings import load_settings
+
+    _defaults_only(monkeypatch, tmp_path)
+    monkeypatch.setenv("POSTGRES_PASSWORD", "s3cr3t")
+    monkeypatch.setenv("PROMO_SINK_WRITERS", "3")
+    resources = build_resources(load_settings())
+    assert resources["postgres"].password == EnvVar("POSTGRES_PASSWORD")
+    assert resources["state"].sink_writers == EnvVar.int("PROMO_SINK_WRITERS")
+    assert resources["postgres"].host == "127.0.0.1"
+    assert resources["kafka"].input_topic == "promo_campaigns"
+    assert resources["state"].max_offsets_per_trigger == 100_000
+    assert "POSTGRES_HOST" not in os.environ
+
+
+def test_a_secret_from_the_stack_file_stays_an_env_var(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A password only in stack.env never becomes a value the UI or the run's snapshot would
+    show: it is an `EnvVar`, which `dg dev` (.env) and `promo run` put in their environment."""
+    from promo_pipeline.defs.resources import build_resources
+    from promo_pipeline.settings import load_settings
+
+    _defaults_only(monkeypatch, tmp_path)
+    (tmp_path / "stack.env").write_text("POSTGRES_PASSWORD=from-the-file\nPOSTGRES_PORT=5433\n")
+    resources = build_resources(load_settings())
+    assert resources["postgres"].password == EnvVar("POSTGRES_PASSWORD")
+    assert resources["postgres"].port == 5433
+    assert resources["kafka"].sasl_password == ""  # no secret given: nothing to hide
+
+
+def test_loading_the_code_location_leaves_the_environment_alone(tmp_path: Path) -> None:
+    """Importing the code location and building its Definitions writes no variable."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.lower() not in Settings.model_fields
+    } | {"PROMO_STACK_DIR": str(tmp_path), "PROMO_STATE_DIR": str(tmp_path / "state")}
+    script = (
+        "import os; before = dict(os.environ)\n"
+        "from promo_pipeline.definitions import defs\n"
+        "defs().resolve_job_def('promo_job')\n"
+        "print(sorted(set(os.environ.items()) ^ set(before.items())))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

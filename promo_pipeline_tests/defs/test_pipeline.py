@@ -179,7 +179,7 @@ def test_kafka_sink_failure_is_recovered_with_identical_messages(pipeline: Pipel
     """The output topic is gone when the Kafka sink runs; the next run sends the stored rows."""
     from confluent_kafka.admin import AdminClient
 
-    from promo_pipeline.resources import kafka_resource
+    from promo_pipeline.defs.resources import kafka_resource
     from promo_pipeline.topics import ensure_topics
 
     active = campaign()

@@ -14,8 +14,8 @@ from dagster import (
     build_sensor_context,
 )
 
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource, state_resource
 from promo_pipeline.defs.sensors import promo_work_sensor
-from promo_pipeline.resources import kafka_resource, postgres_resource, state_resource
 from promo_pipeline_tests.support.dagster import tick
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
@@ -88,9 +88,8 @@ def test_sensor_fails_a_started_run_only_while_nobody_holds_the_pipeline_lock(
     import psycopg
     from dagster import DagsterEvent, DagsterEventType
 
-    from promo_pipeline.db import conninfo
+    from promo_pipeline.db import PIPELINE_LOCK, conninfo
     from promo_pipeline.defs.sensors import DEAD_RUN_CONFIRM_S
-    from promo_pipeline.resources import PipelineLockResource
 
     instance = DagsterInstance.ephemeral()
     run = instance.add_run(
@@ -124,7 +123,7 @@ def test_sensor_fails_a_started_run_only_while_nobody_holds_the_pipeline_lock(
     # Alive: it holds the lock, so even a suspicion from long ago is dropped.
     long_ago = json.dumps({"suspect": {"run_id": run.run_id, "since": started - 3600}})
     with psycopg.connect(conninfo(pipeline.settings), autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (PipelineLockResource.LOCK_KEY,))
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (PIPELINE_LOCK,))
         alive, cursor = tick_with(long_ago)
         assert "runs never overlap" in alive.skip_message
         assert json.loads(cursor) == {"suspect": None}

@@ -26,7 +26,7 @@ from dagster import Failure
 
 from promo_pipeline.cli.messages import send
 from promo_pipeline.db import conninfo
-from promo_pipeline.resources import kafka_resource, postgres_resource, state_resource
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource, state_resource
 from promo_pipeline.settings import Settings, load_settings
 from promo_pipeline.stack import maven
 from promo_pipeline.stack._proc import pick_free_ports

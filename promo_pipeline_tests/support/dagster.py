@@ -25,8 +25,8 @@ from dagster import (
     build_sensor_context,
 )
 
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource, state_resource
 from promo_pipeline.defs.sensors import promo_work_sensor
-from promo_pipeline.resources import kafka_resource, postgres_resource, state_resource
 from promo_pipeline.stack._proc import stop_process_group
 from promo_pipeline_tests.support.pipeline import REPO, Pipeline
 

@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from promo_pipeline.db import conninfo, init_db
-from promo_pipeline.resources import kafka_resource
+from promo_pipeline.defs.resources import kafka_resource
 from promo_pipeline.settings import Settings, load_settings
 from promo_pipeline.topics import ensure_topics
 

@@ -19,6 +19,13 @@ from promo_pipeline.checkpoint import (
     plan_input,
     record_offsets,
 )
+from promo_pipeline.defs.resources import (
+    KafkaResource,
+    PipelineLockResource,
+    PostgresResource,
+    SparkResource,
+    StateResource,
+)
 from promo_pipeline.ingest import (
     CampaignTally,
     IngestTarget,
@@ -26,13 +33,6 @@ from promo_pipeline.ingest import (
     ingest_batch,
     offsets_read,
     root_cause,
-)
-from promo_pipeline.resources import (
-    KafkaResource,
-    PipelineLockResource,
-    PostgresResource,
-    SparkResource,
-    StateResource,
 )
 
 
@@ -57,8 +57,7 @@ def campaign_batch(
     kafka.check_access()
     target = IngestTarget(
         conninfo=postgres.conninfo(),
-        kafka_config=kafka.client_config(),
-        dlq_topic=kafka.dlq_topic,
+        kafka=kafka.plain(),
         run_id=context.run_id,
     )
     plan = _plan(context, kafka, state, target)

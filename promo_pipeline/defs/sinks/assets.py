@@ -20,6 +20,13 @@ from confluent_kafka import KafkaException
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from promo_pipeline.checkpoint import input_position
+from promo_pipeline.defs.resources import (
+    KafkaResource,
+    PipelineLockResource,
+    PostgresResource,
+    SparkResource,
+    StateResource,
+)
 from promo_pipeline.defs.triggers.assets import triggers
 from promo_pipeline.fanout import (
     FANOUTS_IN_PROGRESS,
@@ -32,28 +39,8 @@ from promo_pipeline.fanout import (
     run_window,
 )
 from promo_pipeline.faultpoints import fault_point
-from promo_pipeline.resources import (
-    KafkaResource,
-    PipelineLockResource,
-    PostgresResource,
-    SparkResource,
-    StateResource,
-)
-from promo_pipeline.topics import TriggerProducer
+from promo_pipeline.topics import SPARK_TRIGGERS, TriggerProducer
 
-# Spark's Kafka producer, with bounded waits: an unreachable broker fails the run in under a
-# minute rather than hanging it; the outbox keeps the triggers for the next run. The messages
-# repeat their campaign's fields, so lz4 shrinks a batch several times over.
-PRODUCER_OPTIONS = {
-    "kafka.acks": "all",
-    "kafka.enable.idempotence": "true",
-    "kafka.linger.ms": "20",
-    "kafka.batch.size": str(1 << 20),
-    "kafka.compression.type": "lz4",
-    "kafka.request.timeout.ms": "15000",
-    "kafka.delivery.timeout.ms": "45000",
-    "kafka.max.block.ms": "15000",
-}
 # Tasks per Spark job of the Kafka sink, so the cores write in parallel; a job (or a batch the
 # run sends itself) carries about this many slices' worth of triggers (a failed one resends at
 # most these), and many small slices share a task rather than one task each.
@@ -285,7 +272,7 @@ def send_with_spark(
             .selectExpr("CAST(key AS BINARY) AS key", "CAST(value AS BINARY) AS value")
             .write.format("kafka")
             .options(**kafka.spark_options())
-            .options(**PRODUCER_OPTIONS)
+            .options(**SPARK_TRIGGERS)
             .option("topic", kafka.output_topic)
             .save()
         )

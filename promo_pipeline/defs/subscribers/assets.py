@@ -3,8 +3,8 @@
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from promo_pipeline.defs.campaigns.assets import campaign_batch
+from promo_pipeline.defs.resources import PipelineLockResource, PostgresResource
 from promo_pipeline.fanout import record_window
-from promo_pipeline.resources import PipelineLockResource, PostgresResource
 
 
 @asset(

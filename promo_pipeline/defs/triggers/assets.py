@@ -3,9 +3,9 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from promo_pipeline.defs.campaigns.assets import campaign_batch
+from promo_pipeline.defs.resources import PipelineLockResource, PostgresResource
 from promo_pipeline.defs.subscribers.assets import subscriber_snapshot
 from promo_pipeline.fanout import DUE_FULL, NEW_FROM, run_window
-from promo_pipeline.resources import PipelineLockResource, PostgresResource
 
 
 @asset(

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from dagster import DagsterInstance, RunRequest, SkipReason
 
 from promo_pipeline.cli import main
-from promo_pipeline.resources import PipelineLockResource
+from promo_pipeline.db import PIPELINE_LOCK
 from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline_tests.support.dagster import tick
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
@@ -223,7 +223,7 @@ def test_rewind_refuses_while_a_run_holds_the_lock_and_rereads_without_double_tr
     capsys.readouterr()
 
     with psycopg.connect(_conninfo(pipeline), autocommit=True) as run_lock:
-        run_lock.execute("SELECT pg_advisory_lock(hashtext(%s))", (PipelineLockResource.LOCK_KEY,))
+        run_lock.execute("SELECT pg_advisory_lock(hashtext(%s))", (PIPELINE_LOCK,))
         assert main(["rewind", "--to-beginning"]) == 1
         err = capsys.readouterr().err.strip()
         assert err == (
