@@ -228,8 +228,9 @@ def subscribe(settings: Settings, client: str, restaurant: str) -> tuple[bool, l
     """Add the subscription unless present; returns (added, active campaigns it will get)."""
     import psycopg
 
+    from promo_pipeline.campaign_rules import WILL_TRIGGER
     from promo_pipeline.db import conninfo
-    from promo_pipeline.fanout import active_at, db_now
+    from promo_pipeline.fanout import db_now
 
     with psycopg.connect(conninfo(settings)) as conn:
         now = db_now(conn)
@@ -248,12 +249,7 @@ def subscribe(settings: Settings, client: str, restaurant: str) -> tuple[bool, l
         due = [
             row[0]
             for row in conn.execute(
-                "SELECT c.adv_campaign_id FROM promo.campaigns c WHERE c.restaurant_id = %s "
-                f"AND {active_at('%s', 'c')} "
-                "AND NOT EXISTS (SELECT 1 FROM public.subscribers_feedback f WHERE "
-                "f.adv_campaign_id = c.adv_campaign_id AND f.client_id = %s) "
-                "ORDER BY c.adv_campaign_id",
-                (restaurant, now, now, client),
+                WILL_TRIGGER, {"client": client, "restaurant": restaurant, "t": now}
             )
         ]
     return not present, due

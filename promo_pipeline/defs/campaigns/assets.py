@@ -81,13 +81,14 @@ def campaign_batch(
             f"show stale lag; the checkpoint is unaffected): {group_error}"
         )
     tally = CampaignTally.of_run(target.conninfo, context.run_id)
-    held, expired, active = campaign_windows(target.conninfo, ranges)
+    windows = campaign_windows(target.conninfo, ranges)
+    active, held, expired, cancelled = windows
     context.log.info(
         f"campaign batch: {tally.messages} messages in {tally.batches} micro-batches, "
         f"{tally.valid} valid, {tally.rejected_total} rejected; of the campaigns read "
-        f"{active} active, {held} held for later, {expired} expired"
+        f"{active} active, {held} held for later, {expired} expired, {cancelled} cancelled"
     )
-    metadata = _metadata(tally, (held, expired, active), ranges, plan)
+    metadata = _metadata(tally, windows, ranges, plan)
     metadata["consumer_group"] = kafka.consumer_group
     metadata["consumer_group_committed"] = group_error is None
     return MaterializeResult(metadata=metadata)
@@ -161,11 +162,11 @@ def _read(
 
 def _metadata(
     tally: CampaignTally,
-    windows: tuple[int, int, int],
+    windows: tuple[int, int, int, int],
     ranges: dict[int, tuple[int, int]],
     plan: InputPlan,
 ) -> dict[str, Any]:
-    held, expired, active = windows
+    active, held, expired, cancelled = windows
     return {
         "messages_read": tally.messages,
         "micro_batches": tally.batches,
@@ -176,6 +177,7 @@ def _metadata(
         "held_for_later": held,
         "expired": expired,
         "active": active,
+        "cancelled": cancelled,
         **{f"start_offset_p{p}": start for p, (start, _) in sorted(ranges.items())},
         **{f"end_offset_p{p}": end for p, (_, end) in sorted(ranges.items())},
         "offsets": MetadataValue.json(
