@@ -33,6 +33,7 @@ from promo_pipeline.resources import (
     PostgresResource,
     SparkResource,
     StateResource,
+    under_pipeline_lock,
 )
 
 
@@ -42,9 +43,9 @@ from promo_pipeline.resources import (
     description="New campaign messages since the checkpoint, validated; valid ones update "
     "promo.campaigns, invalid ones go to the DLQ with their reason.",
 )
+@under_pipeline_lock
 def campaign_batch(
     context: AssetExecutionContext,
-    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     spark: SparkResource,
     kafka: KafkaResource,

@@ -38,6 +38,7 @@ from promo_pipeline.resources import (
     PostgresResource,
     SparkResource,
     StateResource,
+    under_pipeline_lock,
 )
 from promo_pipeline.topics import TriggerProducer
 
@@ -68,9 +69,9 @@ PUSH_TASKS = 4
     "most one row per (adv_campaign_id, client_id), in committed slices, each with its Kafka "
     "outbox entry.",
 )
+@under_pipeline_lock
 def feedback_sink(
     context: AssetExecutionContext,
-    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
     kafka: KafkaResource,
@@ -205,9 +206,9 @@ def push_jobs(
     "the output topic keyed by client_id: a large outbox by Spark's Kafka writer (each outbox "
     "slice one task that reads its rows from Postgres), a small one by the run itself.",
 )
+@under_pipeline_lock
 def push_sink(
     context: AssetExecutionContext,
-    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
     kafka: KafkaResource,

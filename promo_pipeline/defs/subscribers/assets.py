@@ -4,7 +4,7 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from promo_pipeline.defs.campaigns.assets import campaign_batch
 from promo_pipeline.fanout import record_window
-from promo_pipeline.resources import PipelineLockResource, PostgresResource
+from promo_pipeline.resources import PipelineLockResource, PostgresResource, under_pipeline_lock
 
 
 @asset(
@@ -15,9 +15,9 @@ from promo_pipeline.resources import PipelineLockResource, PostgresResource
     "watermark W (its serial id), with the run's trigger time T from the database's clock. "
     "Nothing is copied: the fan-out reads the table slice by slice.",
 )
+@under_pipeline_lock
 def subscriber_snapshot(
     context: AssetExecutionContext,
-    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
 ) -> MaterializeResult:

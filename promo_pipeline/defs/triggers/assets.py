@@ -5,7 +5,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from promo_pipeline.defs.campaigns.assets import campaign_batch
 from promo_pipeline.defs.subscribers.assets import subscriber_snapshot
 from promo_pipeline.fanout import DUE_FULL, NEW_FROM, run_window
-from promo_pipeline.resources import PipelineLockResource, PostgresResource
+from promo_pipeline.resources import PipelineLockResource, PostgresResource, under_pipeline_lock
 
 
 @asset(
@@ -17,9 +17,9 @@ from promo_pipeline.resources import PipelineLockResource, PostgresResource
     "and subscriptions added since the fanned-out campaigns' watermark. Joined in Postgres, "
     "slice by slice, by the Postgres sink.",
 )
+@under_pipeline_lock
 def triggers(
     context: AssetExecutionContext,
-    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
 ) -> MaterializeResult:
