@@ -150,7 +150,7 @@ def feedback_sink(
             "dagster/row_count": inserted,
             "rows_written": inserted,
             "slices": slices,
-            "run_time": window.trigger_time,
+            "trigger_time": window.trigger_time,
             "per_campaign": dict(top),
             "id_sequence_moved_from": moved[0] if moved else -1,
             "budget_spent": budget_spent,
