@@ -25,28 +25,20 @@ def active_at(t: str, alias: str = "") -> str:
     return f"{c}adv_campaign_datetime_start <= {t} AND {c}adv_campaign_datetime_end > {t}"
 
 
-def held_at(t: str, alias: str = "") -> str:
-    """Held at `t`: starts later and is not cancelled, so it will be active some day."""
-    c = _columns(alias)
-    return (
-        f"{c}adv_campaign_datetime_start > {t} "
-        f"AND {c}adv_campaign_datetime_end > {c}adv_campaign_datetime_start"
-    )
-
-
-def expired_at(t: str, alias: str = "") -> str:
-    """Expired at `t`: ended, and not cancelled (a cancellation is its own state)."""
-    c = _columns(alias)
-    return (
-        f"{c}adv_campaign_datetime_end <= {t} "
-        f"AND {c}adv_campaign_datetime_end > {c}adv_campaign_datetime_start"
-    )
-
-
 def cancelled(alias: str = "") -> str:
     """Cancelled: never active at any time."""
     c = _columns(alias)
     return f"{c}adv_campaign_datetime_end <= {c}adv_campaign_datetime_start"
+
+
+def held_at(t: str, alias: str = "") -> str:
+    """Held at `t`: starts later and is not cancelled, so it will be active some day."""
+    return f"{_columns(alias)}adv_campaign_datetime_start > {t} AND NOT ({cancelled(alias)})"
+
+
+def expired_at(t: str, alias: str = "") -> str:
+    """Expired at `t`: ended, and not cancelled (a cancellation is its own state)."""
+    return f"{_columns(alias)}adv_campaign_datetime_end <= {t} AND NOT ({cancelled(alias)})"
 
 
 def state_counts(t: str, alias: str = "") -> str:
@@ -92,12 +84,16 @@ SELECT min(fanout_through) FROM promo.campaigns
 WHERE {active_at("%(t)s")} AND fanout_through IS NOT NULL AND fanout_through < %(w)s
 """
 
+# Subscriptions `s` with the campaigns `c` of their restaurant (UUIDs in any case).
+SUBSCRIPTION_CAMPAIGNS = """
+FROM public.subscribers_restaurants s
+JOIN promo.campaigns c ON lower(c.restaurant_id) = lower(s.restaurant_id)
+"""
+
 # The new-subscriber join, as FROM and WHERE: subscriptions with an id in (%(lo)s, %(hi)s],
 # each with the active campaigns of its restaurant fanned out below it. A primary-key range
 # scan, so it costs the new subscriptions, whatever the size of the restaurant.
-NEW_SUBSCRIBER_JOIN = f"""
-FROM public.subscribers_restaurants s
-JOIN promo.campaigns c ON lower(c.restaurant_id) = lower(s.restaurant_id)
+NEW_SUBSCRIBER_JOIN = f"""{SUBSCRIPTION_CAMPAIGNS}
 WHERE s.id > %(lo)s AND s.id <= %(hi)s AND {joins_fanned_out("%(t)s")}
 """
 
@@ -105,11 +101,9 @@ WHERE s.id > %(lo)s AND s.id <= %(hi)s AND {joins_fanned_out("%(t)s")}
 # campaigns of its restaurant that a full fan-out will walk or that it joins as a new
 # subscriber, less the pairs already in the ledger (a run never writes one twice).
 WILL_TRIGGER = f"""
-SELECT DISTINCT c.adv_campaign_id
-FROM public.subscribers_restaurants s
-JOIN promo.campaigns c ON lower(c.restaurant_id) = lower(s.restaurant_id)
+SELECT DISTINCT c.adv_campaign_id {SUBSCRIPTION_CAMPAIGNS}
 WHERE lower(s.client_id) = lower(%(client)s) AND lower(s.restaurant_id) = lower(%(restaurant)s)
-  AND ({due_full_at("%(t)s", "c")} OR {joins_fanned_out("%(t)s")})
+  AND (({due_full_at("%(t)s", "c")}) OR ({joins_fanned_out("%(t)s")}))
   AND NOT EXISTS (SELECT 1 FROM public.subscribers_feedback f
                   WHERE f.adv_campaign_id = c.adv_campaign_id
                     AND f.client_id = lower(s.client_id))

@@ -13,6 +13,7 @@ from confluent_kafka import KafkaException, Producer
 from psycopg.types.json import Jsonb
 from pyspark.sql import DataFrame
 
+from promo_pipeline.campaign_rules import cancelled as cancelled_rule
 from promo_pipeline.campaign_rules import state_counts
 from promo_pipeline.fanout import db_now
 from promo_pipeline.faultpoints import fault_point, fault_rows
@@ -59,7 +60,7 @@ def version_order(table: str) -> str:
     )
     return (
         f"({table}.datetime_created, "
-        f"{table}.adv_campaign_datetime_end <= {table}.adv_campaign_datetime_start, "
+        f"{cancelled_rule(table)}, "
         f'md5(json_build_array({fields})::text) COLLATE "C")'
     )
 
