@@ -29,36 +29,15 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from promo_pipeline.schema import TRIGGER_COLUMNS
-
-# The one definition of "active at T": started, not yet ended.
-ACTIVE_AT = "{c}adv_campaign_datetime_start <= {t} AND {c}adv_campaign_datetime_end > {t}"
-
-
-def active_at(t: str, alias: str = "") -> str:
-    """`ACTIVE_AT` for table alias `alias` and the SQL expression (or placeholder) `t`."""
-    return ACTIVE_AT.format(c=f"{alias}." if alias else "", t=t)
-
-
-# Held at T: starts later and is not cancelled (a cancellation is stored as end = start, see
-# schema.cancelled), so it will be active some day.
-HELD_AT = (
-    "{c}adv_campaign_datetime_start > {t} "
-    "AND {c}adv_campaign_datetime_end > {c}adv_campaign_datetime_start"
+from promo_pipeline.campaign_rules import (
+    DUE_FULL,
+    NEW_FROM,
+    NEW_SUBSCRIBER_JOIN,
+    active_at,
+    due_full_at,
+    in_progress_at,
 )
-# Cancelled: never active at any time.
-CANCELLED = "{c}adv_campaign_datetime_end <= {c}adv_campaign_datetime_start"
-
-
-def held_at(t: str, alias: str = "") -> str:
-    """`HELD_AT` for table alias `alias` and the SQL expression (or placeholder) `t`."""
-    return HELD_AT.format(c=f"{alias}." if alias else "", t=t)
-
-
-def cancelled_sql(alias: str = "") -> str:
-    """`CANCELLED` for table alias `alias`."""
-    return CANCELLED.format(c=f"{alias}." if alias else "")
-
+from promo_pipeline.schema import TRIGGER_COLUMNS
 
 DB_NOW = "SELECT floor(extract(epoch FROM clock_timestamp()))::int8"
 
@@ -141,10 +120,7 @@ NEW_SLICE = f"""
 WITH written AS (
     INSERT INTO public.subscribers_feedback ({_TRIGGER_COLUMNS})
     SELECT DISTINCT {_select_fields("lower(s.client_id)")}
-    FROM public.subscribers_restaurants s
-    JOIN promo.campaigns c ON lower(c.restaurant_id) = lower(s.restaurant_id)
-    WHERE s.id > %(lo)s AND s.id <= %(hi)s AND s.id > c.fanout_through
-      AND {active_at("%(t)s", "c")}
+    {NEW_SUBSCRIBER_JOIN}
     ORDER BY 2, 8
     ON CONFLICT (adv_campaign_id, client_id) DO NOTHING
     RETURNING adv_campaign_id, client_id
@@ -158,45 +134,27 @@ INSERT INTO promo.trigger_outbox
 VALUES (%s, %s, %s, %s, %s, %s)
 """
 
-# Campaigns due for a full fan-out at T; those not started first, so a huge one in progress
-# never holds back the campaigns that arrived after it.
-DUE_FULL = f"""
-SELECT adv_campaign_id, lower(restaurant_id), coalesce(fanout_cursor, '')
-FROM promo.campaigns
-WHERE {active_at("%(t)s")} AND fanout_through IS NULL
-ORDER BY fanout_cursor IS NOT NULL, updated_at, adv_campaign_id
-"""
-
-
-def in_progress_at(t: str) -> str:
-    """A full fan-out stopped between slices, which the next run goes on with: the campaign is
-    active at `t` and its walk saved a cursor."""
-    return f"{active_at(t)} AND fanout_through IS NULL AND fanout_cursor IS NOT NULL"
-
-
 FANOUTS_IN_PROGRESS = f"SELECT count(*) FROM promo.campaigns WHERE {in_progress_at('%(t)s')}"
 # Campaigns not yet started while another's walk is in progress: published during a giant's
 # fan-out. DUE_FULL puts them first, so the run's first full-fan-out slice serves them.
 NEW_BESIDE_WALK = f"""
 SELECT bool_or(fanout_cursor IS NULL) AND bool_or(fanout_cursor IS NOT NULL)
-FROM promo.campaigns WHERE {active_at("%(t)s")} AND fanout_through IS NULL
+FROM promo.campaigns WHERE {due_full_at("%(t)s")}
 """
 
-# How many subscribers the due full fan-outs still walk: each restaurant's index range after
+# How many subscribers each due full fan-out still walks: its restaurant's index range after
 # the campaign's cursor, counted as the slices will walk it (distinct clients).
 DUE_PAIRS = """
-SELECT coalesce(sum(s.n), 0)
-FROM unnest(%(restaurants)s::text[], %(afters)s::text[]) AS d(restaurant, after)
+SELECT d.n, s.n
+FROM unnest(%(restaurants)s::text[], %(afters)s::text[]) WITH ORDINALITY AS d(restaurant, after, n)
 CROSS JOIN LATERAL (
     SELECT count(*) AS n FROM (
         SELECT DISTINCT lower(x.client_id) FROM public.subscribers_restaurants x
         WHERE lower(x.restaurant_id) = d.restaurant AND lower(x.client_id) > d.after) c) s
 """
-
-# The lowest watermark among the fanned-out active campaigns: new subscriptions start above it.
-NEW_FROM = f"""
-SELECT min(fanout_through) FROM promo.campaigns
-WHERE {active_at("%(t)s")} AND fanout_through IS NOT NULL AND fanout_through < %(w)s
+# How many new subscriptions up to W join each fanned-out campaign (distinct clients).
+DUE_NEW = f"""
+SELECT c.adv_campaign_id, count(DISTINCT lower(s.client_id)) {NEW_SUBSCRIBER_JOIN} GROUP BY 1
 """
 
 # The output messages of the outbox slices, read back from the ledger: the key and the seed's
@@ -358,18 +316,32 @@ class FullSlice:
     walked: dict[str, int]
 
 
-def due_full_pairs(conn: psycopg.Connection, window: Window) -> int:
-    """The subscribers still to walk in the due full fan-outs: the progress lines' total. A
-    count of each restaurant's range of the subscriber index, after the campaign's cursor."""
+def due_full(conn: psycopg.Connection, window: Window) -> dict[str, int]:
+    """Per campaign due a full fan-out, the subscribers its walk still reaches. A count of each
+    restaurant's range of the subscriber index, after the campaign's cursor."""
     due = conn.execute(DUE_FULL, {"t": window.trigger_time}).fetchall()
     if not due:
-        return 0
-    return int(
-        conn.execute(
-            DUE_PAIRS,
-            {"restaurants": [row[1] for row in due], "afters": [row[2] for row in due]},
-        ).fetchone()[0]
+        return {}
+    counts = conn.execute(
+        DUE_PAIRS, {"restaurants": [row[1] for row in due], "afters": [row[2] for row in due]}
     )
+    return {due[n - 1][0]: int(count) for n, count in counts}
+
+
+def due_new(conn: psycopg.Connection, window: Window) -> dict[str, int]:
+    """Per fanned-out campaign, the subscribers added up to W that join it: a range scan of the
+    subscriptions above the lowest watermark."""
+    params = {"t": window.trigger_time, "w": window.subscriber_watermark}
+    lo = conn.execute(NEW_FROM, params).fetchone()[0]
+    if lo is None:
+        return {}
+    rows = conn.execute(DUE_NEW, {**params, "lo": lo, "hi": window.subscriber_watermark})
+    return {campaign: int(count) for campaign, count in rows}
+
+
+def due_full_pairs(conn: psycopg.Connection, window: Window) -> int:
+    """The subscribers still to walk in the due full fan-outs: the progress lines' total."""
+    return sum(due_full(conn, window).values())
 
 
 def plan_full_slices(

@@ -12,7 +12,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 from pyspark.sql import DataFrame
 
-from promo_pipeline.fanout import active_at, db_now, held_at
+from promo_pipeline.campaign_rules import cancelled as cancelled_rule
+from promo_pipeline.campaign_rules import state_counts
+from promo_pipeline.fanout import db_now
 from promo_pipeline.faultpoints import fault_point, fault_rows
 from promo_pipeline.kafka_config import KafkaConfig
 from promo_pipeline.schema import (
@@ -58,7 +60,7 @@ def version_order(table: str) -> str:
     )
     return (
         f"({table}.datetime_created, "
-        f"{table}.adv_campaign_datetime_end <= {table}.adv_campaign_datetime_start, "
+        f"{cancelled_rule(table)}, "
         f'md5(json_build_array({fields})::text) COLLATE "C")'
     )
 
@@ -316,26 +318,26 @@ def offsets_read(
     }
 
 
-# Of the campaigns whose stored version came from the offsets this run read: which are held
-# (due later, not cancelled), expired (end passed) or active at `now`.
+# Of the campaigns whose stored version came from the offsets this run read: how many are
+# active, held, expired and cancelled at `now`.
 CAMPAIGN_WINDOWS = f"""
-SELECT count(*) FILTER (WHERE {held_at("%(now)s", "c")}),
-       count(*) FILTER (WHERE c.adv_campaign_datetime_end <= %(now)s),
-       count(*) FILTER (WHERE {active_at("%(now)s", "c")})
+SELECT {state_counts("%(now)s", "c")}
 FROM promo.campaigns c
 JOIN unnest(%(partitions)s::int[], %(starts)s::int8[], %(ends)s::int8[]) AS r(p, s, e)
   ON c.kafka_partition = r.p AND c.kafka_offset >= r.s AND c.kafka_offset < r.e
 """
 
 
-def campaign_windows(conninfo: str, ranges: dict[int, tuple[int, int]]) -> tuple[int, int, int]:
-    """(held, expired, active) among the campaigns read in `ranges`, now by the database's
-    clock (the one the triggers use); all 0 when nothing was read."""
+def campaign_windows(
+    conninfo: str, ranges: dict[int, tuple[int, int]]
+) -> tuple[int, int, int, int]:
+    """(active, held, expired, cancelled) among the campaigns read in `ranges`, now by the
+    database's clock (the one the triggers use); all 0 when nothing was read."""
     ranges = {p: (start, end) for p, (start, end) in ranges.items() if end > start}
     if not ranges:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     with psycopg.connect(conninfo) as conn:
-        held, expired, active = conn.execute(
+        active, held, expired, withdrawn = conn.execute(
             CAMPAIGN_WINDOWS,
             {
                 "now": db_now(conn),
@@ -344,7 +346,7 @@ def campaign_windows(conninfo: str, ranges: dict[int, tuple[int, int]]) -> tuple
                 "ends": [end for _, end in ranges.values()],
             },
         ).fetchone()
-    return held, expired, active
+    return active, held, expired, withdrawn
 
 
 def root_cause(error: BaseException) -> str:

@@ -13,28 +13,16 @@ from typing import Any
 
 import psycopg
 
+from promo_pipeline.campaign_rules import held_at, in_progress_at, state_counts
 from promo_pipeline.checkpoint import InputPosition, describe_gaps, input_position
 from promo_pipeline.db import conninfo
-from promo_pipeline.fanout import (
-    active_at,
-    cancelled_sql,
-    db_now,
-    held_at,
-    in_progress_at,
-    unsent_triggers,
-)
+from promo_pipeline.fanout import db_now, unsent_triggers
 from promo_pipeline.kafka_config import KafkaConfig
 from promo_pipeline.schema import EPOCH_MAX, format_epoch
 from promo_pipeline.settings import Settings, StateConfig
 
-# Four disjoint states: a cancelled campaign is neither held nor expired.
-STATUS_CAMPAIGNS = f"""
-SELECT count(*) FILTER (WHERE {active_at("%(now)s")}),
-       count(*) FILTER (WHERE {held_at("%(now)s")}),
-       count(*) FILTER (WHERE adv_campaign_datetime_end <= %(now)s AND NOT {cancelled_sql()}),
-       count(*) FILTER (WHERE {cancelled_sql()})
-FROM promo.campaigns
-"""
+# The four disjoint states: a cancelled campaign is neither held nor expired.
+STATUS_CAMPAIGNS = f"SELECT {state_counts('%(now)s')} FROM promo.campaigns"
 
 STATUS_HELD = f"""
 SELECT adv_campaign_id, restaurant_id, adv_campaign_datetime_start FROM promo.campaigns

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from promo_pipeline.campaign_rules import DUE_FULL, NEW_FROM, NEW_SUBSCRIBER_JOIN, held_at
 from promo_pipeline.checkpoint import input_position
 from promo_pipeline.db import PostgresConfig
-from promo_pipeline.fanout import NEW_FROM, active_at, db_now, held_at, unsent_triggers
+from promo_pipeline.fanout import db_now, unsent_triggers
 from promo_pipeline.kafka_config import KafkaConfig
 from promo_pipeline.schema import format_epoch
 
@@ -14,19 +15,12 @@ POSTGRES_TIMEOUT_MS = 20_000
 
 # Both cost what is new, not what exists: the campaigns whose full fan-out is due (a few rows of
 # promo.campaigns by its window index), and the subscriptions above the lowest watermark of the
-# fanned-out active campaigns (a primary-key range scan) that match one of them.
-FAN_OUT_DUE = f"""
-SELECT adv_campaign_id FROM promo.campaigns
-WHERE {active_at("%(now)s")} AND fanout_through IS NULL
-LIMIT 3
-"""
-NEW_SUBSCRIBERS = f"""
-SELECT DISTINCT c.adv_campaign_id
-FROM public.subscribers_restaurants s
-JOIN promo.campaigns c ON lower(c.restaurant_id) = lower(s.restaurant_id)
-WHERE s.id > %(since)s AND s.id > c.fanout_through AND {active_at("%(now)s", "c")}
-LIMIT 3
-"""
+# fanned-out active campaigns (a primary-key range scan) that join one of them. The run's own
+# queries (campaign_rules), named here by up to three campaigns each.
+FAN_OUT_DUE = f"SELECT adv_campaign_id FROM ({DUE_FULL}) due LIMIT 3"
+NEW_SUBSCRIBERS = f"SELECT DISTINCT c.adv_campaign_id {NEW_SUBSCRIBER_JOIN} LIMIT 3"
+# No upper bound: the sensor looks at every subscription committed so far.
+NO_WATERMARK = 2**63 - 1
 
 NEXT_DUE = f"""
 SELECT min(adv_campaign_datetime_start) FROM promo.campaigns
@@ -82,14 +76,19 @@ def find_work(
         unsent = unsent_triggers(conn)
         if unsent:
             work.reasons.append(f"{unsent} triggers committed to Postgres await Kafka delivery")
-        fan_out = [row[0] for row in conn.execute(FAN_OUT_DUE, {"now": now})]
+        fan_out = [row[0] for row in conn.execute(FAN_OUT_DUE, {"t": now})]
         if fan_out:
             work.reasons.append(f"active campaigns due for fan-out: {', '.join(fan_out)}")
-        since = conn.execute(NEW_FROM, {"t": now, "w": 2**63 - 1}).fetchone()[0]
+        since = conn.execute(NEW_FROM, {"t": now, "w": NO_WATERMARK}).fetchone()[0]
         subscribed = (
             []
             if since is None
-            else [row[0] for row in conn.execute(NEW_SUBSCRIBERS, {"now": now, "since": since})]
+            else [
+                row[0]
+                for row in conn.execute(
+                    NEW_SUBSCRIBERS, {"t": now, "lo": since, "hi": NO_WATERMARK}
+                )
+            ]
         )
         if subscribed:
             work.reasons.append(f"new subscribers of active campaigns: {', '.join(subscribed)}")

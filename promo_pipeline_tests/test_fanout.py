@@ -73,7 +73,9 @@ def test_run_after_one_new_subscription_reads_only_it(pipeline: Pipeline) -> Non
     summary = pipeline.run_ok()
     assert metric(summary, "subscriber_snapshot", "new_subscriptions") == 2
     assert metric(summary, "triggers", "campaigns_to_fan_out") == 0
-    assert metric(summary, "triggers", "new_subscription_ids") == 2
+    # Two subscriptions since the last W, one of them to the campaign's restaurant.
+    assert metric(summary, "triggers", "new_subscriber_pairs") == 1
+    assert metric(summary, "triggers", "due_pairs") == 1
     assert metric(summary, "feedback_sink", "rows_written") == 1
     assert metric(summary, "push_sink", "sent_this_run") == 1
     assert metric(summary, "push_sink", "spark_jobs") == 0  # one message: the run sends it
@@ -81,7 +83,7 @@ def test_run_after_one_new_subscription_reads_only_it(pipeline: Pipeline) -> Non
     assert len(pipeline.pairs()) == 6
 
     summary = pipeline.run_ok()
-    assert metric(summary, "triggers", "new_subscription_ids") == 0
+    assert metric(summary, "triggers", "due_pairs") == 0
     assert metric(summary, "feedback_sink", "rows_written") == 0
 
 

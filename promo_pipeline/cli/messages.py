@@ -13,10 +13,11 @@ from typing import Any, TextIO
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
+from promo_pipeline.campaign_rules import WILL_TRIGGER
 from promo_pipeline.cli.common import UsageError, UserError, add_command
 from promo_pipeline.cli.kafka import Publisher, require_topic
 from promo_pipeline.db import conninfo
-from promo_pipeline.fanout import active_at, db_now
+from promo_pipeline.fanout import db_now
 from promo_pipeline.kafka_config import KafkaConfig
 from promo_pipeline.schema import UUID_PATTERN
 from promo_pipeline.settings import Settings, load_settings
@@ -240,12 +241,7 @@ def subscribe(settings: Settings, client: str, restaurant: str) -> tuple[bool, l
         due = [
             row[0]
             for row in conn.execute(
-                "SELECT c.adv_campaign_id FROM promo.campaigns c WHERE c.restaurant_id = %s "
-                f"AND {active_at('%s', 'c')} "
-                "AND NOT EXISTS (SELECT 1 FROM public.subscribers_feedback f WHERE "
-                "f.adv_campaign_id = c.adv_campaign_id AND f.client_id = %s) "
-                "ORDER BY c.adv_campaign_id",
-                (restaurant, now, now, client),
+                WILL_TRIGGER, {"client": client, "restaurant": restaurant, "t": now}
             )
         ]
     return not present, due

@@ -1,9 +1,11 @@
-"""Asset checks that run with `promo_job`: the guarantees, verified after every run.
+"""Asset checks of the sinks that run with `promo_job`: the guarantees, verified after every run.
 
 promo_job (jobs.py) selects group promo, and with it the checks that target those assets,
 so registering them in `Definitions` is enough for every run to execute them. They read what
-the run recorded (its materializations, its rows in Postgres), so they also work when run on
-their own from the UI: then they judge the latest run.
+the run recorded (its rows in Postgres; `triggers_in_both_sinks` compares the two sinks'
+materializations, which no one asset's `check_specs` sees), so they also work when run on
+their own from the UI: then they judge the latest run. The checks of what a campaign batch
+read are its own `check_specs` (defs/campaigns/assets.py), evaluated from its tally and plan.
 """
 
 from typing import Any
@@ -11,18 +13,14 @@ from typing import Any
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetKey,
     MetadataValue,
     asset_check,
 )
 
-from promo_pipeline.defs.campaigns.assets import campaign_batch
 from promo_pipeline.defs.resources import PostgresResource
 from promo_pipeline.defs.sinks.assets import feedback_sink, push_sink
 from promo_pipeline.fanout import unsent_triggers
-from promo_pipeline.ingest import CampaignTally
-from promo_pipeline.settings import load_settings
 
 DUPLICATES = """
 SELECT adv_campaign_id, client_id, count(*) FROM public.subscribers_feedback
@@ -120,56 +118,4 @@ def triggers_in_both_sinks(
             "outbox_pending": unsent,
             "run_id": run_id,
         },
-    )
-
-
-@asset_check(
-    asset=campaign_batch,
-    description="The share of rejected campaign messages (sent to the DLQ) stays below "
-    "PROMO_REJECT_WARN_RATIO (default 0.1). A warning, not a failure: bad input is the "
-    "publishers' problem and never stops the pipeline.",
-)
-def rejected_share_below_threshold(
-    context: AssetCheckExecutionContext, postgres: PostgresResource
-) -> AssetCheckResult:
-    threshold = load_settings().promo_reject_warn_ratio
-    latest = latest_materialization(context, "campaign_batch")
-    run_id = latest[0] if latest else context.run_id
-    tally = CampaignTally.of_run(postgres.conninfo(), run_id)
-    share = tally.rejected_total / tally.messages if tally.messages else 0.0
-    passed = share <= threshold
-    return AssetCheckResult(
-        passed=passed,
-        severity=AssetCheckSeverity.WARN,
-        description=f"{tally.rejected_total} of {tally.messages} messages rejected "
-        f"({share:.1%}; warn above {threshold:.1%})",
-        metadata={
-            "messages": tally.messages,
-            "rejected": tally.rejected_total,
-            "rejected_share": round(share, 4),
-            "threshold": threshold,
-            **{f"rejected_{code}": n for code, n in sorted(tally.rejected.items())},
-        },
-    )
-
-
-@asset_check(
-    asset=campaign_batch,
-    description="No campaign message was deleted from the input topic (retention, "
-    "delete_records) before the pipeline read it. An ERROR names the lost offset ranges; the "
-    "run itself goes on with the messages that exist, so one loss never stops the pipeline.",
-)
-def no_input_lost_before_read(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    latest = latest_materialization(context, "campaign_batch")
-    metadata = latest[1] if latest else {}
-    lost = int(metadata.get("lost_offsets", 0))
-    ranges = metadata.get("lost_ranges") or {}
-    shown = ", ".join(f"p{p} offsets {r['from']}..{r['to'] - 1}" for p, r in ranges.items())
-    return AssetCheckResult(
-        passed=lost == 0,
-        severity=AssetCheckSeverity.ERROR,
-        description=f"{lost} input offsets lost before they were read: {shown}"
-        if lost
-        else "no input offsets lost",
-        metadata={"lost_offsets": lost, "lost_ranges": MetadataValue.json(ranges)},
     )

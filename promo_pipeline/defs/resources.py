@@ -4,12 +4,14 @@ settings.py, plus what only a run needs (its lock, its Spark session, a one-line
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -27,6 +29,7 @@ from promo_pipeline.kafka_config import KafkaConfig
 from promo_pipeline.settings import Settings, StateConfig, load_settings, setting_names, split_list
 
 Resource = TypeVar("Resource", bound=ConfigurableResource)
+R = TypeVar("R")
 
 
 class PostgresResource(ConfigurableResource, PostgresConfig):
@@ -106,11 +109,10 @@ class PipelineLockResource(ConfigurableResource):
     The lock belongs to a database session, so a killed run releases it when its connection
     drops: there is no stale lock to clean up.
 
-    Holding it is all an asset asks of it: each asset declares a `pipeline_lock` parameter and
-    never reads it. Declaring it makes Dagster set the resource up (take the lock, or fail the
-    run) before the run's first step and tear it down after its last; the in-process executor
-    sets resources up once per run. (`required_resource_keys` would say the same, but Dagster
-    refuses it next to resource parameters.)
+    Dagster sets the resource up (takes the lock, or fails the run before it does anything)
+    before the run's first step and tears it down after its last; the in-process executor sets
+    resources up once per run, so no other run starts between two steps. Each asset's body runs
+    inside `held` (the `under_pipeline_lock` decorator), which is where a reader sees it.
     """
 
     postgres: PostgresResource
@@ -151,10 +153,45 @@ class PipelineLockResource(ConfigurableResource):
             )
         self._conn = conn
 
+    @contextmanager
+    def held(self, step: str) -> Iterator[None]:
+        """Runs a step's body under the run's lock; the step fails before its body when the
+        lock's session is gone (a restarted database drops it), so no step runs unguarded. The
+        lock outlives the step: the run keeps it until its last step ends."""
+        why = "the run did not take it"
+        granted = 0
+        if self._conn is not None:
+            try:
+                granted = self._conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() "
+                    "AND locktype = 'advisory' AND granted AND objid = hashtext(%s)::oid",
+                    (PIPELINE_LOCK,),
+                ).fetchone()[0]
+            except psycopg.Error as error:
+                why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if not granted:
+            raise Failure(f"{step}: the run does not hold the pipeline lock ({why}); did nothing")
+        yield
+
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def under_pipeline_lock(body: Callable[..., R]) -> Callable[..., R]:
+    """An asset body run inside `pipeline_lock.held(...)`: the asset declares the
+    `pipeline_lock: PipelineLockResource` parameter and this decorator uses it, so the lock
+    shows where the asset is defined without re-indenting its body."""
+    if "pipeline_lock" not in inspect.signature(body).parameters:
+        raise TypeError(f"{body.__name__}: declare pipeline_lock: PipelineLockResource")
+
+    @functools.wraps(body)
+    def locked(context: Any, **resources: Any) -> R:
+        with resources["pipeline_lock"].held(body.__name__):
+            return body(context, **resources)
+
+    return locked
 
 
 class SparkResource(LazyPySparkResource):

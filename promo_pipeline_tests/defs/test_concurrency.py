@@ -10,8 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
+from dagster import Failure, build_init_resource_context
 
 from promo_pipeline.db import PIPELINE_LOCK
+from promo_pipeline.defs.resources import (
+    PipelineLockResource,
+    postgres_resource,
+    under_pipeline_lock,
+)
 from promo_pipeline_tests.support.faults import ChildRun, check_recovered, poll
 from promo_pipeline_tests.support.pipeline import Pipeline
 
@@ -99,3 +105,34 @@ def test_lock_of_a_killed_run_does_not_block_the_next(pipeline: Pipeline, tmp_pa
     assert recovery.duplicates == 0
     sent = {(json.loads(m.value())["adv_campaign_id"], m.key().decode()) for m in pipeline.output()}
     assert sent == expected
+
+
+def test_a_step_whose_run_lost_the_lock_does_nothing(pipeline: Pipeline) -> None:
+    lock = PipelineLockResource(postgres=postgres_resource(pipeline.settings))
+    lock.setup_for_execution(build_init_resource_context())
+    ran: list[str] = []
+    try:
+        with lock.held("first_step"):
+            ran.append("first_step")
+        assert lock_holders(pipeline) == 1  # kept between steps
+        # The lock's session ends (a restarted database, a killed backend): the run no longer
+        # keeps others out, so its next step refuses before its body.
+        pipeline.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND objid = hashtext(%s)::oid",
+            (PIPELINE_LOCK,),
+        )
+        poll(lambda: lock_holders(pipeline) == 0, 30, "Postgres to end the lock's session")
+        refused = "next_step: the run does not hold the pipeline lock"
+        with pytest.raises(Failure, match=refused), lock.held("next_step"):
+            ran.append("next_step")
+    finally:
+        lock.teardown_after_execution(build_init_resource_context())
+    assert ran == ["first_step"]
+
+
+def test_an_asset_body_without_the_lock_parameter_is_refused_at_import() -> None:
+    def careless(context: object) -> None: ...
+
+    with pytest.raises(TypeError, match="careless: declare pipeline_lock"):
+        under_pipeline_lock(careless)

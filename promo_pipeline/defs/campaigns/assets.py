@@ -6,7 +6,16 @@ from functools import partial
 from typing import Any
 
 import psycopg
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from promo_pipeline.checkpoint import (
     CheckpointError,
@@ -25,6 +34,7 @@ from promo_pipeline.defs.resources import (
     PostgresResource,
     SparkResource,
     StateResource,
+    under_pipeline_lock,
 )
 from promo_pipeline.ingest import (
     CampaignTally,
@@ -34,6 +44,23 @@ from promo_pipeline.ingest import (
     offsets_read,
     root_cause,
 )
+from promo_pipeline.settings import load_settings
+
+# Checks of what the batch itself read, evaluated in its body from its own tally and plan.
+REJECTED_SHARE = AssetCheckSpec(
+    "rejected_share_below_threshold",
+    asset="campaign_batch",
+    description="The share of rejected campaign messages (sent to the DLQ) stays below "
+    "PROMO_REJECT_WARN_RATIO (default 0.1). A warning, not a failure: bad input is the "
+    "publishers' problem and never stops the pipeline.",
+)
+INPUT_LOST = AssetCheckSpec(
+    "no_input_lost_before_read",
+    asset="campaign_batch",
+    description="No campaign message was deleted from the input topic (retention, "
+    "delete_records) before the pipeline read it. An ERROR names the lost offset ranges; the "
+    "run itself goes on with the messages that exist, so one loss never stops the pipeline.",
+)
 
 
 @asset(
@@ -41,10 +68,11 @@ from promo_pipeline.ingest import (
     kinds={"spark", "kafka", "postgres"},
     description="New campaign messages since the checkpoint, validated; valid ones update "
     "promo.campaigns, invalid ones go to the DLQ with their reason.",
+    check_specs=[REJECTED_SHARE, INPUT_LOST],
 )
+@under_pipeline_lock
 def campaign_batch(
     context: AssetExecutionContext,
-    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     spark: SparkResource,
     kafka: KafkaResource,
@@ -80,16 +108,56 @@ def campaign_batch(
             f"show stale lag; the checkpoint is unaffected): {group_error}"
         )
     tally = CampaignTally.of_run(target.conninfo, context.run_id)
-    held, expired, active = campaign_windows(target.conninfo, ranges)
+    windows = campaign_windows(target.conninfo, ranges)
+    active, held, expired, cancelled = windows
     context.log.info(
         f"campaign batch: {tally.messages} messages in {tally.batches} micro-batches, "
         f"{tally.valid} valid, {tally.rejected_total} rejected; of the campaigns read "
-        f"{active} active, {held} held for later, {expired} expired"
+        f"{active} active, {held} held for later, {expired} expired, {cancelled} cancelled"
     )
-    metadata = _metadata(tally, (held, expired, active), ranges, plan)
+    metadata = _metadata(tally, windows, ranges, plan)
     metadata["consumer_group"] = kafka.consumer_group
     metadata["consumer_group_committed"] = group_error is None
-    return MaterializeResult(metadata=metadata)
+    return MaterializeResult(
+        metadata=metadata, check_results=[_rejected_share(tally), _input_lost(plan)]
+    )
+
+
+def _rejected_share(tally: CampaignTally) -> AssetCheckResult:
+    threshold = load_settings().promo_reject_warn_ratio
+    share = tally.rejected_total / tally.messages if tally.messages else 0.0
+    return AssetCheckResult(
+        check_name=REJECTED_SHARE.name,
+        passed=share <= threshold,
+        severity=AssetCheckSeverity.WARN,
+        description=f"{tally.rejected_total} of {tally.messages} messages rejected "
+        f"({share:.1%}; warn above {threshold:.1%})",
+        metadata={
+            "messages": tally.messages,
+            "rejected": tally.rejected_total,
+            "rejected_share": round(share, 4),
+            "threshold": threshold,
+            **{f"rejected_{code}": n for code, n in sorted(tally.rejected.items())},
+        },
+    )
+
+
+def _input_lost(plan: InputPlan) -> AssetCheckResult:
+    shown = ", ".join(f"p{p} offsets {s}..{e - 1}" for p, (s, e) in sorted(plan.gaps.items()))
+    return AssetCheckResult(
+        check_name=INPUT_LOST.name,
+        passed=plan.lost == 0,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{plan.lost} input offsets lost before they were read: {shown}"
+        if plan.lost
+        else "no input offsets lost",
+        metadata={
+            "lost_offsets": plan.lost,
+            "lost_ranges": MetadataValue.json(
+                {str(p): {"from": s, "to": e} for p, (s, e) in sorted(plan.gaps.items())}
+            ),
+        },
+    )
 
 
 def _plan(
@@ -160,11 +228,11 @@ def _read(
 
 def _metadata(
     tally: CampaignTally,
-    windows: tuple[int, int, int],
+    windows: tuple[int, int, int, int],
     ranges: dict[int, tuple[int, int]],
     plan: InputPlan,
 ) -> dict[str, Any]:
-    held, expired, active = windows
+    active, held, expired, cancelled = windows
     return {
         "messages_read": tally.messages,
         "micro_batches": tally.batches,
@@ -175,6 +243,7 @@ def _metadata(
         "held_for_later": held,
         "expired": expired,
         "active": active,
+        "cancelled": cancelled,
         **{f"start_offset_p{p}": start for p, (start, _) in sorted(ranges.items())},
         **{f"end_offset_p{p}": end for p, (_, end) in sorted(ranges.items())},
         "offsets": MetadataValue.json(

@@ -26,6 +26,7 @@ from promo_pipeline.defs.resources import (
     PostgresResource,
     SparkResource,
     StateResource,
+    under_pipeline_lock,
 )
 from promo_pipeline.defs.triggers.assets import triggers
 from promo_pipeline.fanout import (
@@ -55,9 +56,9 @@ PUSH_TASKS = 4
     "most one row per (adv_campaign_id, client_id), in committed slices, each with its Kafka "
     "outbox entry.",
 )
+@under_pipeline_lock
 def feedback_sink(
     context: AssetExecutionContext,
-    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
     kafka: KafkaResource,
@@ -136,7 +137,7 @@ def feedback_sink(
             "dagster/row_count": inserted,
             "rows_written": inserted,
             "slices": slices,
-            "run_time": window.trigger_time,
+            "trigger_time": window.trigger_time,
             "per_campaign": dict(top),
             "id_sequence_moved_from": moved[0] if moved else -1,
             "budget_spent": budget_spent,
@@ -192,9 +193,9 @@ def push_jobs(
     "the output topic keyed by client_id: a large outbox by Spark's Kafka writer (each outbox "
     "slice one task that reads its rows from Postgres), a small one by the run itself.",
 )
+@under_pipeline_lock
 def push_sink(
     context: AssetExecutionContext,
-    # Never read: declaring it holds the run's lock (see PipelineLockResource).
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
     kafka: KafkaResource,
