@@ -80,7 +80,7 @@ def compare(args: argparse.Namespace, base: dict[str, str], work: Path, meta: di
     """Every contender on every size, interleaved; the summary as benchmark.py prints it."""
     contenders = args.contenders.split(",")
     results: list[bm.Result] = []
-    if "promo" in contenders:
+    if set(bm.ON_CONNECT) & set(contenders):
         print("warming up the Spark Connect server (not measured)", flush=True)
         bm.run_contender("promo", bm.generate(bm.SIZES["small"]), base, work, -1)
     for turn, size in enumerate(int(size) for size in args.sizes.split(",")):
@@ -196,7 +196,8 @@ def main() -> None:
     }
     if args.contenders != "promo":
         args.name = args.name or "fanout_compare"
-        server = bm.start_connect(base, work, meta) if "promo" in args.contenders else None
+        on_connect = set(bm.ON_CONNECT) & set(args.contenders.split(","))
+        server = bm.start_connect(base, work, meta) if on_connect else None
         try:
             compare(args, base, work, meta)
         finally:

@@ -350,8 +350,8 @@ class SparkResource(LazyPySparkResource):
 class StateResource(ConfigurableResource):
     """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be, how
     long a run may go on starting fan-out slices while input waits, how many connections write
-    a fan-out, how often it reports progress, and from what outbox size Spark sends the
-    triggers."""
+    a fan-out, whether it sends committed slices while writing, how often it reports progress,
+    and from what outbox size Spark sends the triggers."""
 
     state_dir: str
     max_offsets_per_trigger: int
@@ -359,6 +359,7 @@ class StateResource(ConfigurableResource):
     fanout_run_budget_s: int
     push_spark_min_triggers: int
     sink_writers: int
+    send_during_write: int
     progress_every_s: int
 
     @property
@@ -427,6 +428,7 @@ STATE_ENV = {
     "fanout_run_budget_s": "PROMO_FANOUT_RUN_BUDGET_S",
     "push_spark_min_triggers": "PROMO_PUSH_SPARK_MIN_TRIGGERS",
     "sink_writers": "PROMO_SINK_WRITERS",
+    "send_during_write": "PROMO_SEND_DURING_WRITE",
     "progress_every_s": "PROMO_PROGRESS_EVERY_S",
 }
 

@@ -106,6 +106,15 @@ class Settings(BaseSettings):
         description="connections that write a fan-out's slices concurrently (each its own "
         "Postgres backend); 0: one per CPU core of the run's host",
     )
+    # The Kafka send of committed slices overlaps the write of the next ones (bench/README.md);
+    # off, push_sink sends a run's whole outbox after the Postgres sink.
+    promo_send_during_write: int = Field(
+        1,
+        ge=0,
+        le=1,
+        description="1: while the Postgres sink writes a multi-slice fan-out, a sender in the run "
+        "sends its committed slices to Kafka; 0: push_sink sends them all after it",
+    )
     promo_progress_every_s: int = Field(
         10, ge=0, description="seconds between a fan-out's progress lines in the run's log"
     )

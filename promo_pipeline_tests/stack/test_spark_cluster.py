@@ -75,13 +75,15 @@ def test_pipeline_on_standalone_cluster_with_two_workers(
     # are not all kept on the executor Spark prefers for the Kafka partitions. And no task
     # before both executors have registered (all of spark.cores.max): otherwise a second
     # executor that starts late finds a small run already done, and ran nothing.
-    submit = " ".join([
-        "--conf spark.locality.wait=0",
-        f"--conf spark.cores.max={cluster.workers * cluster.cores}",
-        "--conf spark.scheduler.minRegisteredResourcesRatio=1.0",
-        "--conf spark.scheduler.maxRegisteredResourcesWaitingTime=120s",
-        "pyspark-shell",
-    ])
+    submit = " ".join(
+        [
+            "--conf spark.locality.wait=0",
+            f"--conf spark.cores.max={cluster.workers * cluster.cores}",
+            "--conf spark.scheduler.minRegisteredResourcesRatio=1.0",
+            "--conf spark.scheduler.maxRegisteredResourcesWaitingTime=120s",
+            "pyspark-shell",
+        ]
+    )
     # Every outbox through Spark's Kafka writer, so the Kafka sink's tasks run on the workers too.
     spark_env = {"SPARK_MASTER": cluster.url, "PROMO_PUSH_SPARK_MIN_TRIGGERS": "0"}
     run = promo_run({**os.environ, **spark_env, "PYSPARK_SUBMIT_ARGS": submit})
