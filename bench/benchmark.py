@@ -266,24 +266,39 @@ class PeakRss:
         return self.peak
 
 
+# On a loaded machine the Connect server's foreachBatch worker can miss the server's fixed
+# connect-back timeout, failing the run's first step before it wrote anything: the same run is
+# tried again (its "failed_attempts" are in the results), as a retry under the daemon would.
+CONNECT_BACK = "Python worker failed to connect back"
+CONNECT_BACK_ATTEMPTS = 4
+
+
 def run_child(
     args: list[str], env: dict[str, str], log: Path, also: int | None = None
 ) -> tuple[float, int, dict]:
     """Run one contender; returns wall seconds, peak RSS bytes (of the child's process tree,
     plus the tree of `also`, the Connect server that holds its driver) and its JSON report."""
-    started = time.monotonic()
-    with log.open("w") as out:
-        child = subprocess.Popen(
-            args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=out, text=True
+    for attempt in range(1, CONNECT_BACK_ATTEMPTS + 1):
+        started = time.monotonic()
+        with log.open("w") as out:
+            child = subprocess.Popen(
+                args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=out, text=True
+            )
+            rss = [PeakRss(child.pid)] + ([PeakRss(also)] if also else [])
+            stdout, _ = child.communicate()
+        wall = time.monotonic() - started
+        peak = sum(r.stop() for r in rss)
+        if child.returncode == 0:
+            report = json.loads(stdout.strip().splitlines()[-1])
+            return wall, peak, {**report, "failed_attempts": attempt - 1}
+        if attempt == CONNECT_BACK_ATTEMPTS or CONNECT_BACK not in log.read_text(errors="replace"):
+            break
+        print(
+            f"  attempt {attempt} failed before any write: {CONNECT_BACK} (load "
+            f"{load_average():.1f}); the same run again",
+            flush=True,
         )
-        rss = [PeakRss(child.pid)] + ([PeakRss(also)] if also else [])
-        stdout, _ = child.communicate()
-    wall = time.monotonic() - started
-    peak = sum(r.stop() for r in rss)
-    if child.returncode != 0:
-        raise RuntimeError(f"{args[1:3]} failed ({child.returncode}); see {log}")
-    report = json.loads(stdout.strip().splitlines()[-1])
-    return wall, peak, report
+    raise RuntimeError(f"{args[1:3]} failed ({child.returncode}); see {log}")
 
 
 @dataclass
@@ -798,6 +813,13 @@ def start_connect(base: dict[str, str], work: Path, meta: dict[str, Any]) -> Any
     return server
 
 
+def warm_up(base: dict[str, str], work: Path) -> None:
+    """One small run on the fresh Connect server, not measured: its first queries load classes
+    and start its Python worker."""
+    print("warming up the Spark Connect server (not measured)", flush=True)
+    run_contender("promo", generate(SIZES["small"]), base, work, -1)
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -918,9 +940,7 @@ def run_all(
     reps = args.reps or (3 if args.full else 1)
     results: list[Result] = []
     if set(ON_CONNECT) & set(contenders):
-        # The server's first queries load classes and start its Python worker: not measured.
-        print("warming up the Spark Connect server (not measured)", flush=True)
-        run_contender("promo", generate(SIZES["small"]), base, work, -1)
+        warm_up(base, work)
     for size_name in sizes:
         data = generate(SIZES[size_name])
         print(f"{size_name}: {data.size.triggers} triggers expected", flush=True)

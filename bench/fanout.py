@@ -81,8 +81,7 @@ def compare(args: argparse.Namespace, base: dict[str, str], work: Path, meta: di
     contenders = args.contenders.split(",")
     results: list[bm.Result] = []
     if set(bm.ON_CONNECT) & set(contenders):
-        print("warming up the Spark Connect server (not measured)", flush=True)
-        bm.run_contender("promo", bm.generate(bm.SIZES["small"]), base, work, -1)
+        bm.warm_up(base, work)
     for turn, size in enumerate(int(size) for size in args.sizes.split(",")):
         data = chain_data(size, args.unrelated)
         print(f"{data.size.name}: {size:,} triggers beside {args.unrelated:,}", flush=True)
