@@ -52,7 +52,15 @@ PYTHON = sys.executable
 CONTENDERS = ("promo", "promo-serial", "promo-local", "seed", "raw")
 # Warm Spark Connect server contenders: the pipeline, and the same with its sinks one after the
 # other (PROMO_SEND_DURING_WRITE=0, the design before the overlapped send).
-ON_CONNECT = ("promo", "promo-serial")
+ON_CONNECT = ["promo", "promo-serial"]
+
+
+def promo_on_local_sessions() -> None:
+    """Run promo and promo-serial each with its own local Spark session instead (as promo-local):
+    on a machine too loaded for the Connect server's foreachBatch worker to connect back."""
+    ON_CONNECT.clear()
+
+
 FAILURES: list[str] = []
 # The warm Spark Connect server of the "promo" contender (as `promo stack up` runs one).
 CONNECT: dict[str, str] = {}

@@ -179,7 +179,16 @@ def main() -> None:
         "--stack-dir", default=os.environ.get("PROMO_BENCH_STACK", "/tmp/promo-bench-stack")
     )
     parser.add_argument("--name", help="result file name (default: fanout_compare / fanout)")
+    parser.add_argument(
+        "--promo-spark",
+        choices=["connect", "local"],
+        default="connect",
+        help="side by side: promo's runs on a warm Spark Connect server (the stack's default) or "
+        "each with its own local session",
+    )
     args = parser.parse_args()
+    if args.promo_spark == "local":
+        bm.promo_on_local_sessions()
     sizes = [int(size) for size in args.sizes.split(",")]
 
     from promo_pipeline.stack import LocalStack
@@ -192,6 +201,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_before": bm.load_average(),
         "unrelated_subscriptions": args.unrelated,
+        "promo_spark": args.promo_spark,
     }
     if args.contenders != "promo":
         args.name = args.name or "fanout_compare"
