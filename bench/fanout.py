@@ -77,38 +77,47 @@ def chain_data(subscribers: int, unrelated: int, seed: int = 6) -> bm.Data:
 
 
 def compare(args: argparse.Namespace, base: dict[str, str], work: Path, meta: dict) -> None:
-    """Every contender on every size, interleaved; the summary as benchmark.py prints it."""
+    """Every contender on every size, interleaved; the summary as benchmark.py prints it, and
+    the results file rewritten after each size (a machine this shared may not see the end)."""
     contenders = args.contenders.split(",")
     results: list[bm.Result] = []
     if set(bm.ON_CONNECT) & set(contenders):
         bm.warm_up(base, work)
-    for turn, size in enumerate(int(size) for size in args.sizes.split(",")):
+    sizes = [int(size) for size in args.sizes.split(",")]
+    for turn, size in enumerate(sizes):
         data = chain_data(size, args.unrelated)
         print(f"{data.size.name}: {size:,} triggers beside {args.unrelated:,}", flush=True)
         order = contenders[turn % len(contenders) :] + contenders[: turn % len(contenders)]
         for contender in order:
+            load_before = bm.load_average()
             try:
                 results.append(bm.run_contender(contender, data, base, work, 0))
                 done = results[-1]
-                print(f"    peak RSS {done.peak_rss_mb:,.0f} MB, stages {done.stages}", flush=True)
+                done.extra["load"] = [load_before, bm.load_average()]
+                print(
+                    f"    peak RSS {done.peak_rss_mb:,.0f} MB, stages {done.stages}, "
+                    f"load {load_before:.1f} -> {bm.load_average():.1f}",
+                    flush=True,
+                )
             except RuntimeError as error:  # reported, and missing from the table
                 print(f"  {data.size.name} {contender}: FAILED: {error}", flush=True)
                 bm.FAILURES.append(f"{data.size.name} {contender}: {error}")
         del data
-    meta["load_after"] = bm.load_average()
-    rows = bm.summarise(results)
-    print()
-    bm.print_table(rows)
-    summary = {
-        "meta": meta,
-        "summary": rows,
-        "failures": bm.FAILURES,
-        "runs": [asdict(r) for r in results],
-    }
-    bm.RESULTS.mkdir(parents=True, exist_ok=True)
-    (bm.RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    bm.chart(rows, bm.RESULTS / f"{args.name}.png")
-    print(f"\nwrote {bm.RESULTS / args.name}.json and .png")
+        meta["load_after"] = bm.load_average()
+        meta["sizes_done"] = sizes[: turn + 1]
+        rows = bm.summarise(results)
+        print()
+        bm.print_table(rows)
+        summary = {
+            "meta": meta,
+            "summary": rows,
+            "failures": bm.FAILURES,
+            "runs": [asdict(r) for r in results],
+        }
+        bm.RESULTS.mkdir(parents=True, exist_ok=True)
+        (bm.RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        bm.chart(rows, bm.RESULTS / f"{args.name}.png")
+        print(f"\nwrote {bm.RESULTS / args.name}.json and .png", flush=True)
 
 
 def build_template(base: dict[str, str], unrelated: int) -> float:
