@@ -49,7 +49,18 @@ from promo_pipeline.stack._proc import stop_process_group  # noqa: E402
 from promo_pipeline.topics import ensure_topics, produce_all  # noqa: E402
 
 PYTHON = sys.executable
-CONTENDERS = ("promo", "promo-local", "seed", "raw")
+CONTENDERS = ("promo", "promo-serial", "promo-local", "seed", "raw")
+# Warm Spark Connect server contenders: the pipeline, and the same with its sinks one after the
+# other (PROMO_SEND_DURING_WRITE=0, the design before the overlapped send).
+ON_CONNECT = ["promo", "promo-serial"]
+
+
+def promo_on_local_sessions() -> None:
+    """Run promo and promo-serial each with its own local Spark session instead (as promo-local):
+    on a machine too loaded for the Connect server's foreachBatch worker to connect back."""
+    ON_CONNECT.clear()
+
+
 FAILURES: list[str] = []
 # The warm Spark Connect server of the "promo" contender (as `promo stack up` runs one).
 CONNECT: dict[str, str] = {}
@@ -263,24 +274,39 @@ class PeakRss:
         return self.peak
 
 
+# On a loaded machine the Connect server's foreachBatch worker can miss the server's fixed
+# connect-back timeout, failing the run's first step before it wrote anything: the same run is
+# tried again (its "failed_attempts" are in the results), as a retry under the daemon would.
+CONNECT_BACK = "Python worker failed to connect back"
+CONNECT_BACK_ATTEMPTS = 4
+
+
 def run_child(
     args: list[str], env: dict[str, str], log: Path, also: int | None = None
 ) -> tuple[float, int, dict]:
     """Run one contender; returns wall seconds, peak RSS bytes (of the child's process tree,
     plus the tree of `also`, the Connect server that holds its driver) and its JSON report."""
-    started = time.monotonic()
-    with log.open("w") as out:
-        child = subprocess.Popen(
-            args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=out, text=True
+    for attempt in range(1, CONNECT_BACK_ATTEMPTS + 1):
+        started = time.monotonic()
+        with log.open("w") as out:
+            child = subprocess.Popen(
+                args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=out, text=True
+            )
+            rss = [PeakRss(child.pid)] + ([PeakRss(also)] if also else [])
+            stdout, _ = child.communicate()
+        wall = time.monotonic() - started
+        peak = sum(r.stop() for r in rss)
+        if child.returncode == 0:
+            report = json.loads(stdout.strip().splitlines()[-1])
+            return wall, peak, {**report, "failed_attempts": attempt - 1}
+        if attempt == CONNECT_BACK_ATTEMPTS or CONNECT_BACK not in log.read_text(errors="replace"):
+            break
+        print(
+            f"  attempt {attempt} failed before any write: {CONNECT_BACK} (load "
+            f"{load_average():.1f}); the same run again",
+            flush=True,
         )
-        rss = [PeakRss(child.pid)] + ([PeakRss(also)] if also else [])
-        stdout, _ = child.communicate()
-    wall = time.monotonic() - started
-    peak = sum(r.stop() for r in rss)
-    if child.returncode != 0:
-        raise RuntimeError(f"{args[1:3]} failed ({child.returncode}); see {log}")
-    report = json.loads(stdout.strip().splitlines()[-1])
-    return wall, peak, report
+    raise RuntimeError(f"{args[1:3]} failed ({child.returncode}); see {log}")
 
 
 @dataclass
@@ -308,7 +334,7 @@ def run_contender(contender: str, data: Data, base: dict[str, str], work: Path, 
     prepare(slot, data, seed_ddl_only=contender == "seed")
     log = work / f"{name}.log"
     try:
-        if contender in ("promo", "promo-local"):
+        if contender.startswith("promo"):
             args = [PYTHON, str(Path(__file__).resolve()), "--child", "promo"]
         elif contender == "seed":
             checkpoint = slot.state_dir / "seed_checkpoint"
@@ -316,11 +342,13 @@ def run_contender(contender: str, data: Data, base: dict[str, str], work: Path, 
         else:
             args = [PYTHON, str(Path(__file__).resolve()), "--child", "raw"]
         env = slot.env
-        if contender == "promo":
+        if contender in ON_CONNECT:
             env["SPARK_MASTER"] = CONNECT["url"]
+        if contender == "promo-serial":
+            env["PROMO_SEND_DURING_WRITE"] = "0"
         if PROFILE and contender.startswith("promo"):
             env["PROMO_BENCH_PROFILE"] = str(work / f"{name}.prof")
-        server_pid = int(CONNECT["pid"]) if contender == "promo" else None
+        server_pid = int(CONNECT["pid"]) if contender in ON_CONNECT else None
         wall, peak, report = run_child(args, env, log, server_pid)
         verified = verify(slot, data.size.triggers)
     finally:
@@ -356,7 +384,7 @@ PROMO_STEPS = {"campaign_batch", "subscriber_snapshot", "triggers", "feedback_si
 def normalise_stages(contender: str, report: dict) -> dict[str, float]:
     """Every contender's stages as read, join, postgres, kafka (+ checks for promo)."""
     s = report["stages"]
-    if contender in ("promo", "promo-local"):
+    if contender.startswith("promo"):
         return {
             "read": s.get("campaign_batch", 0) + s.get("subscriber_snapshot", 0),
             "join": s.get("triggers", 0),
@@ -529,6 +557,9 @@ def summarise(results: list[Result]) -> list[dict[str, Any]]:
             for other in ("seed", "raw"):
                 if other in others:
                     row[f"promo/{other}"] = row["triggers_per_s"] / others[other]["triggers_per_s"]
+        if row["contender"] == "promo" and "promo-serial" in others:
+            serial = others["promo-serial"]["triggers_per_s"]
+            row["promo/promo-serial"] = row["triggers_per_s"] / serial
     return rows
 
 
@@ -536,7 +567,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
         f"{'size':<7}{'contender':<14}{'triggers':>9}{'wall s':>8}{'trig/s':>10}"
         f"{'read':>7}{'join':>7}{'pg':>7}{'kafka':>7}{'checks':>7}{'other':>7}"
-        f"{'RSS MB':>8}{'ok':>4}{'vs seed':>9}{'vs raw':>8}"
+        f"{'RSS MB':>8}{'ok':>4}{'vs seed':>9}{'vs raw':>8}{'vs serial':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -544,11 +575,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         s = r["stages_s"]
         vs_seed = f"{r['promo/seed']:.2f}x" if "promo/seed" in r else ""
         vs_raw = f"{r['promo/raw']:.2f}x" if "promo/raw" in r else ""
+        vs_serial = f"{r['promo/promo-serial']:.2f}x" if "promo/promo-serial" in r else ""
         print(
             f"{r['size']:<7}{r['contender']:<14}{r['triggers']:>9}{r['wall_s']:>8.2f}"
             f"{r['triggers_per_s']:>10.0f}{s['read']:>7.2f}{s['join']:>7.2f}{s['postgres']:>7.2f}"
             f"{s['kafka']:>7.2f}{s['checks']:>7.2f}{s['other']:>7.2f}{r['peak_rss_mb']:>8.0f}"
-            f"{'yes' if r['verified'] else 'NO':>4}{vs_seed:>9}{vs_raw:>8}"
+            f"{'yes' if r['verified'] else 'NO':>4}{vs_seed:>9}{vs_raw:>8}{vs_serial:>10}"
         )
 
 
@@ -562,6 +594,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     contenders = [c for c in CONTENDERS if any(r["contender"] == c for r in rows)]
     colours = {
         "promo": "tab:blue",
+        "promo-serial": "tab:purple",
         "promo-local": "tab:cyan",
         "seed": "tab:orange",
         "raw": "tab:green",
@@ -788,6 +821,13 @@ def start_connect(base: dict[str, str], work: Path, meta: dict[str, Any]) -> Any
     return server
 
 
+def warm_up(base: dict[str, str], work: Path) -> None:
+    """One small run on the fresh Connect server, not measured: its first queries load classes
+    and start its Python worker."""
+    print("warming up the Spark Connect server (not measured)", flush=True)
+    run_contender("promo", generate(SIZES["small"]), base, work, -1)
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -803,7 +843,8 @@ def main() -> None:
         "--contenders",
         default="promo,promo-local,seed,raw",
         help="promo: a run in a fresh process (as the sensor launches it) on a warm Spark Connect "
-        "server, the local stack's default; promo-local: the same with its own local session",
+        "server, the local stack's default; promo-serial: the same with its sinks one after the "
+        "other (PROMO_SEND_DURING_WRITE=0); promo-local: promo with its own local session",
     )
     parser.add_argument("--freshness", action="store_true", help="daemon + sensor trials")
     parser.add_argument("--trials", type=int, default=10)
@@ -863,7 +904,7 @@ def main() -> None:
 
     server = None
     contenders = args.contenders.split(",")
-    if "promo" in contenders:
+    if set(ON_CONNECT) & set(contenders):
         server = start_connect(base, work, meta)
         print(f"Spark Connect server at {server.url} ({meta['connect_server_start_s']} s)")
     try:
@@ -906,10 +947,8 @@ def run_all(
     sizes = (args.sizes or ("small,medium,large" if args.full else "small,medium")).split(",")
     reps = args.reps or (3 if args.full else 1)
     results: list[Result] = []
-    if "promo" in contenders:
-        # The server's first queries load classes and start its Python worker: not measured.
-        print("warming up the Spark Connect server (not measured)", flush=True)
-        run_contender("promo", generate(SIZES["small"]), base, work, -1)
+    if set(ON_CONNECT) & set(contenders):
+        warm_up(base, work)
     for size_name in sizes:
         data = generate(SIZES[size_name])
         print(f"{size_name}: {data.size.triggers} triggers expected", flush=True)

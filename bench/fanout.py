@@ -77,39 +77,47 @@ def chain_data(subscribers: int, unrelated: int, seed: int = 6) -> bm.Data:
 
 
 def compare(args: argparse.Namespace, base: dict[str, str], work: Path, meta: dict) -> None:
-    """Every contender on every size, interleaved; the summary as benchmark.py prints it."""
+    """Every contender on every size, interleaved; the summary as benchmark.py prints it, and
+    the results file rewritten after each size (a machine this shared may not see the end)."""
     contenders = args.contenders.split(",")
     results: list[bm.Result] = []
-    if "promo" in contenders:
-        print("warming up the Spark Connect server (not measured)", flush=True)
-        bm.run_contender("promo", bm.generate(bm.SIZES["small"]), base, work, -1)
-    for turn, size in enumerate(int(size) for size in args.sizes.split(",")):
+    if set(bm.ON_CONNECT) & set(contenders):
+        bm.warm_up(base, work)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    for turn, size in enumerate(sizes):
         data = chain_data(size, args.unrelated)
         print(f"{data.size.name}: {size:,} triggers beside {args.unrelated:,}", flush=True)
         order = contenders[turn % len(contenders) :] + contenders[: turn % len(contenders)]
         for contender in order:
+            load_before = bm.load_average()
             try:
                 results.append(bm.run_contender(contender, data, base, work, 0))
                 done = results[-1]
-                print(f"    peak RSS {done.peak_rss_mb:,.0f} MB, stages {done.stages}", flush=True)
+                done.extra["load"] = [load_before, bm.load_average()]
+                print(
+                    f"    peak RSS {done.peak_rss_mb:,.0f} MB, stages {done.stages}, "
+                    f"load {load_before:.1f} -> {bm.load_average():.1f}",
+                    flush=True,
+                )
             except RuntimeError as error:  # reported, and missing from the table
                 print(f"  {data.size.name} {contender}: FAILED: {error}", flush=True)
                 bm.FAILURES.append(f"{data.size.name} {contender}: {error}")
         del data
-    meta["load_after"] = bm.load_average()
-    rows = bm.summarise(results)
-    print()
-    bm.print_table(rows)
-    summary = {
-        "meta": meta,
-        "summary": rows,
-        "failures": bm.FAILURES,
-        "runs": [asdict(r) for r in results],
-    }
-    bm.RESULTS.mkdir(parents=True, exist_ok=True)
-    (bm.RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    bm.chart(rows, bm.RESULTS / f"{args.name}.png")
-    print(f"\nwrote {bm.RESULTS / args.name}.json and .png")
+        meta["load_after"] = bm.load_average()
+        meta["sizes_done"] = sizes[: turn + 1]
+        rows = bm.summarise(results)
+        print()
+        bm.print_table(rows)
+        summary = {
+            "meta": meta,
+            "summary": rows,
+            "failures": bm.FAILURES,
+            "runs": [asdict(r) for r in results],
+        }
+        bm.RESULTS.mkdir(parents=True, exist_ok=True)
+        (bm.RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        bm.chart(rows, bm.RESULTS / f"{args.name}.png")
+        print(f"\nwrote {bm.RESULTS / args.name}.json and .png", flush=True)
 
 
 def build_template(base: dict[str, str], unrelated: int) -> float:
@@ -180,7 +188,16 @@ def main() -> None:
         "--stack-dir", default=os.environ.get("PROMO_BENCH_STACK", "/tmp/promo-bench-stack")
     )
     parser.add_argument("--name", help="result file name (default: fanout_compare / fanout)")
+    parser.add_argument(
+        "--promo-spark",
+        choices=["connect", "local"],
+        default="connect",
+        help="side by side: promo's runs on a warm Spark Connect server (the stack's default) or "
+        "each with its own local session",
+    )
     args = parser.parse_args()
+    if args.promo_spark == "local":
+        bm.promo_on_local_sessions()
     sizes = [int(size) for size in args.sizes.split(",")]
 
     from promo_pipeline.stack import LocalStack
@@ -193,10 +210,12 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_before": bm.load_average(),
         "unrelated_subscriptions": args.unrelated,
+        "promo_spark": args.promo_spark,
     }
     if args.contenders != "promo":
         args.name = args.name or "fanout_compare"
-        server = bm.start_connect(base, work, meta) if "promo" in args.contenders else None
+        on_connect = set(bm.ON_CONNECT) & set(args.contenders.split(","))
+        server = bm.start_connect(base, work, meta) if on_connect else None
         try:
             compare(args, base, work, meta)
         finally:

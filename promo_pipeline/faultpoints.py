@@ -15,11 +15,15 @@ Driver points (`fault_point`): `campaign_batch.committed` (a micro-batch's Postg
 committed, Spark's checkpoint commit is not yet written), `feedback_sink.slice` (after each
 committed slice of the Postgres sink, its fan-out position saved), `feedback_sink.writing`
 (inside a slice writer's transaction, its rows and outbox entry written, before its commit:
-with several writers, each blocks there), `feedback_sink.committed` (after its last slice),
+with several writers, each blocks there), `feedback_sink.sent` (in the sender of committed
+slices, once Kafka acknowledged a batch, before its outbox entries are deleted),
+`feedback_sink.committed` (after its last slice),
 `push_sink.start` (before the Kafka sink's first batch) and `push_sink.mid` (after each of
 its batches, sent by the run or as a Spark job, once acknowledged and its outbox entries
 deleted: a test stops the run at the first, the rest not yet sent). A point reached again after
-its release passes straight on.
+its release passes straight on. `PROMO_FAULT_AT` may arm several points (comma-separated), and
+`<point>@<n>` lets the first n-1 passes through (counted per process), so a kill can find the
+slice sender mid-batch while the writers hold later slices.
 Task points (`fault_rows`): `<where>.start`, reached inside every Spark task of the job that
 reads the DataFrame: `campaign_batch.start` (reading a micro-batch's rows).
 """
@@ -27,7 +31,9 @@ reads the DataFrame: `campaign_batch.start` (reading a micro-batch's rows).
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,10 +43,21 @@ from pyspark.sql import DataFrame
 RELEASE_TIMEOUT_S = 900.0
 
 
+_passes: Counter[str] = Counter()
+_passes_lock = threading.Lock()
+
+
 def _armed(point: str) -> Path | None:
-    if os.environ.get("PROMO_FAULT_AT") != point:
-        return None
-    return Path(os.environ["PROMO_FAULT_DIR"])
+    for armed in os.environ.get("PROMO_FAULT_AT", "").split(","):
+        name, _, nth = armed.partition("@")
+        if name != point:
+            continue
+        with _passes_lock:
+            _passes[point] += 1
+            if _passes[point] < int(nth or 1):
+                return None
+        return Path(os.environ["PROMO_FAULT_DIR"])
+    return None
 
 
 def _wait(point: str, folder: Path) -> None:

@@ -108,6 +108,15 @@ class Settings(BaseSettings):
         description="connections that write a fan-out's slices concurrently (each its own "
         "Postgres backend); 0: one per CPU core of the run's host",
     )
+    # The Kafka send of committed slices overlaps the write of the next ones (bench/README.md);
+    # off, push_sink sends a run's whole outbox after the Postgres sink.
+    promo_send_during_write: int = Field(
+        1,
+        ge=0,
+        le=1,
+        description="1: while the Postgres sink writes a multi-slice fan-out, a sender in the run "
+        "sends its committed slices to Kafka; 0: push_sink sends them all after it",
+    )
     promo_progress_every_s: int = Field(
         10, ge=0, description="seconds between a fan-out's progress lines in the run's log"
     )
@@ -236,8 +245,8 @@ def setting_names(model: type[BaseModel]) -> dict[str, str]:
 class StateConfig(BaseModel):
     """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be, how
     long a run may go on starting fan-out slices while input waits, how many connections write
-    a fan-out, how often it reports progress, and from what outbox size Spark sends the
-    triggers."""
+    a fan-out, whether it sends committed slices while writing, how often it reports progress,
+    and from what outbox size Spark sends the triggers."""
 
     model_config = ConfigDict(frozen=True)
     # Each field is the setting PROMO_<FIELD>.
@@ -249,6 +258,7 @@ class StateConfig(BaseModel):
     fanout_run_budget_s: int
     push_spark_min_triggers: int
     sink_writers: int
+    send_during_write: int
     progress_every_s: int
 
     @property

@@ -202,7 +202,3 @@ class Sender:
                 left or len(self.errors),
                 shown or f"no answer within {timeout:.0f} s",
             )
-
-
-# The name the sinks use.
-TriggerProducer = Sender

@@ -13,7 +13,7 @@ import pytest
 from promo_pipeline.defs.resources import kafka_resource, postgres_resource
 from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline.work import find_work
-from promo_pipeline_tests.support.faults import ChildRun, check_recovered, poll
+from promo_pipeline_tests.support.faults import ChildRun, check_recovered, output_count, poll
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
@@ -46,7 +46,9 @@ def test_fan_out_spans_slices_and_matches_subscribers_in_any_case(
     expected = {(active["adv_campaign_id"], client) for client in [*clients, shouting]}
     assert pipeline.pairs() == expected
     assert metric(summary, "feedback_sink", "slices") == 4  # 11 subscribers, 3 per slice
-    assert metric(summary, "push_sink", "slices") == 4
+    # Sent slice by slice while the next ones were written: push_sink found nothing left.
+    assert metric(summary, "feedback_sink", "sent_during_write") == 11
+    assert metric(summary, "push_sink", "slices") == 0
     recovery = check_recovered(pipeline, expected)
     assert recovery.ok, recovery.problems
     assert recovery.duplicates == 0
@@ -308,7 +310,8 @@ def test_a_run_past_its_budget_leaves_the_fan_out_to_the_next_which_serves_new_c
     assert metric(first, "feedback_sink", "fanouts_in_progress") == 1
     assert "budget_spent True" in first
     assert "campaign messages waiting" in first
-    assert metric(first, "push_sink", "sent_this_run") == 2  # what it wrote, sent before it ends
+    # What it wrote, sent before it ends.
+    assert metric(first, "feedback_sink", "sent_during_write") == 2
     assert len(pipeline.pairs()) == 2
     assert [(e["done"], e["total"]) for e in fanouts_in_progress(capsys)[0]] == [(2, 7)]
 
@@ -457,3 +460,44 @@ def test_kills_while_writers_are_mid_slice_or_ahead_of_the_saved_position_lose_n
     assert recovery.duplicates == 0
     progress = "SELECT fanout_cursor, fanout_through IS NOT NULL FROM promo.campaigns"
     assert pipeline.sql(progress) == [(None, True)]
+
+
+@pytest.mark.timeout(900)
+def test_kill_while_the_sender_is_mid_batch_and_writers_mid_slice_loses_and_doubles_nothing(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The sender of committed slices killed after Kafka acknowledged its batch and before the
+    outbox entry went, while both writers hold written, uncommitted slices: the next run
+    resends that batch byte for byte, writes the rest once, and leaves the outbox empty."""
+    active = campaign()
+    clients = sorted(new_uuid() for _ in range(9))
+    pipeline.subscribe(*[(client, active["restaurant_id"]) for client in clients])
+    pipeline.publish(active)
+    expected = {(active["adv_campaign_id"], client) for client in clients}
+    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2", "PROMO_SINK_WRITERS": "2"}
+
+    # Slices 1 and 2 commit; the writers then hold slices 3 and 4 before their commits, and
+    # the sender holds its first batch (slice 1) once Kafka acknowledged it.
+    run = ChildRun(
+        env,
+        tmp_path / "killed.log",
+        fault_at="feedback_sink.sent,feedback_sink.writing@3",
+        fault_dir=tmp_path / "f",
+    )
+    try:
+        run.wait_reached()
+        poll(lambda: open_slice_writers(pipeline) >= 2, 60, "two writers mid-slice")
+        assert (tmp_path / "f" / "feedback_sink.writing.reached").exists()
+        assert output_count(pipeline.settings) == 2  # the sender's batch is in Kafka
+        run.kill()
+    finally:
+        run.stop()
+    assert len(pipeline.pairs()) == 4 and pipeline.pairs() < expected  # two slices committed
+    # Acknowledged but not yet forgotten: its entry stays, so it is sent again.
+    assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(4,)]
+
+    recovery_run = ChildRun(env, tmp_path / "recovery.log")
+    assert recovery_run.wait() == 0, recovery_run.output[-3000:]
+    recovery = check_recovered(pipeline, expected)
+    assert recovery.ok, recovery.problems  # one row per pair, copies identical, outbox empty
+    assert recovery.duplicates == 2  # slice 1, sent by the killed run's sender and again

@@ -234,6 +234,9 @@ def inject_and_recover(
     env = pipeline.env
     if fault == "spark_failure":
         env = {**env, "PROMO_PUSH_SPARK_MIN_TRIGGERS": "0"}
+    if boundary == "mid_kafka_sink":
+        # Otherwise the Postgres sink's sender has sent every slice before the Kafka sink starts.
+        env = {**env, "PROMO_SEND_DURING_WRITE": "0"}
     run = ChildRun(env, tmp_path / "faulted.log", fault_at=cell.point,
                    fault_dir=tmp_path / "fault")  # fmt: skip
     try:
@@ -257,6 +260,10 @@ def inject_and_recover(
             task_error = fault == "spark_failure" and cell.point == "campaign_batch.start"
             run.release(fail=task_error)
             code = run.wait()
+            if (boundary, fault) == ("mid_postgres_sink", "kafka_down"):
+                # Kafka failing stops the sender of committed slices, not the Postgres sink.
+                assert "push_sink sends the rest" in run.output, run.output[-3000:]
+                assert "feedback sink: " in run.output, run.output[-3000:]
             cell.faulted_run = "succeeded" if code == 0 else f"failed (exit {code})"
             if task_error:
                 assert code != 0 and "injected fault at" in run.output, run.output[-3000:]
@@ -307,11 +314,14 @@ def render(results: dict[tuple[str, str], Cell]) -> str:
         "Data per cell: 3 active campaigns x 5 subscribers (15 triggers), 1 expired campaign "
         "with a subscriber (no trigger), 1 malformed message (DLQ). Slices of "
         f"{SLICE_ROWS} triggers (`PROMO_TRIGGER_SLICE_ROWS`): the Postgres sink's {WRITERS} "
-        "writers (`PROMO_SINK_WRITERS`) commit 9 slices, the Kafka sink sends them in 3 "
-        "batches: from the run itself (an outbox this small is, by default), or in the "
-        "`spark_failure` column's faulted run as 3 Spark jobs of Spark's Kafka writer. "
-        "Recovery runs use the default, so a resend by the other path "
-        "is checked byte for byte as well.",
+        "writers (`PROMO_SINK_WRITERS`) commit 9 slices, which the run's sender sends to Kafka "
+        "while the next ones are written (`PROMO_SEND_DURING_WRITE`, the default). In the "
+        "`mid_kafka_sink` row the faulted run leaves them to the Kafka sink "
+        "(`PROMO_SEND_DURING_WRITE=0`), which sends them in 3 batches: from the run itself (an "
+        "outbox this small is, by default), or in the `spark_failure` column as 3 Spark jobs of "
+        "Spark's Kafka writer (whose faulted runs, `PROMO_PUSH_SPARK_MIN_TRIGGERS=0`, leave "
+        "every send to the Kafka sink). Recovery runs use the default, so a resend by another "
+        "path is checked byte for byte as well.",
         "",
         "## Result",
         "",

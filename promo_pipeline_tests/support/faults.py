@@ -83,9 +83,15 @@ class ChildRun:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    @property
+    def point(self) -> str:
+        """The first point armed (`PROMO_FAULT_AT` may arm several, `<point>@<n>` each)."""
+        assert self.fault_at is not None
+        return self.fault_at.split(",")[0].partition("@")[0]
+
     def reached(self) -> bool:
         assert self.fault_dir is not None
-        return (self.fault_dir / f"{self.fault_at}.reached").exists()
+        return (self.fault_dir / f"{self.point}.reached").exists()
 
     def wait_reached(self, timeout: float = 300.0) -> None:
         """Block until the run pauses at its fault point; fail if it ends first."""
@@ -104,7 +110,7 @@ class ChildRun:
 
     def release(self, *, fail: bool = False) -> None:
         assert self.fault_dir is not None
-        (self.fault_dir / f"{self.fault_at}.release").write_text("fail" if fail else "go")
+        (self.fault_dir / f"{self.point}.release").write_text("fail" if fail else "go")
 
     def wait(self, timeout: float = 300.0) -> int:
         """The exit code; a run still going after `timeout` is killed and the test fails."""

@@ -13,7 +13,9 @@ byte-identical whichever path sends them.
 
 import functools
 import os
+import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 from confluent_kafka import KafkaException
@@ -40,7 +42,7 @@ from promo_pipeline.fanout import (
     run_window,
 )
 from promo_pipeline.faultpoints import fault_point
-from promo_pipeline.topics import SPARK_TRIGGERS, TriggerProducer
+from promo_pipeline.topics import SPARK_TRIGGERS, Sender
 
 # Tasks per Spark job of the Kafka sink, so the cores write in parallel; a job (or a batch the
 # run sends itself) carries about this many slices' worth of triggers (a failed one resends at
@@ -84,13 +86,29 @@ def feedback_sink(
                 f"subscribers_feedback holds ids up to {moved[1]} written past its id sequence "
                 f"(at {moved[0]}), by hand or by another writer: the sequence now starts above them"
             )
-        input_waits = functools.partial(_input_waits, context, kafka, conn, state.checkpoint_dir)
+        input_waits = InputWaits(
+            functools.partial(_input_waits, context, kafka, conn, state.checkpoint_dir)
+        )
         writers = state.sink_writers or os.cpu_count() or 1
         progress = FanoutProgress(context.log.info, "feedback_sink", state.progress_every_s)
+        slice_rows = state.trigger_slice_rows
+        connect = functools.partial(psycopg.connect, postgres.conninfo(), autocommit=True)
+        # Sends the committed slices while the next ones are written (started by the first).
+        sender = (
+            OutboxSender(
+                connect,
+                lambda: Sender(kafka, kafka.output_topic),
+                context.run_id,
+                slice_rows,
+                context.log.warning,
+            )
+            if state.send_during_write
+            else None
+        )
         full_fanouts = functools.partial(
             full_fanout_slices,
             writers=writers,
-            connect=lambda: psycopg.connect(postgres.conninfo(), autocommit=True),
+            connect=connect,
             progress=progress,
             # test-only; no-op unless PROMO_FAULT_AT is set
             before_commit=lambda: fault_point("feedback_sink.writing"),
@@ -98,28 +116,41 @@ def feedback_sink(
         # New subscriptions of fanned-out campaigns first (small), then the full fan-outs, then
         # once more for the campaigns whose full fan-out just ended below W.
         steps = (new_subscription_slices, full_fanouts, new_subscription_slices)
-        for step in steps:
-            for per_campaign in step(conn, window, state.trigger_slice_rows):
-                slices += 1
-                for campaign, count in per_campaign.items():
-                    written[campaign] = written.get(campaign, 0) + count
-                # test-only; no-op unless PROMO_FAULT_AT is set
-                fault_point("feedback_sink.slice")
-                # Every slice saved its position: stopping here leaves the rest to the next run.
-                budget_spent = bool(budget) and (
-                    (new_beside_walk and step is full_fanouts)
-                    or (time.monotonic() - started >= budget and input_waits())
-                )
+        try:
+            for step in steps:
+                for per_campaign in step(conn, window, slice_rows):
+                    slices += 1
+                    for campaign, count in per_campaign.items():
+                        written[campaign] = written.get(campaign, 0) + count
+                    # test-only; no-op unless PROMO_FAULT_AT is set
+                    fault_point("feedback_sink.slice")
+                    # A fan-out of one slice has nothing to overlap; one that push_sink would
+                    # send through Spark (a cluster's workers) is left to it.
+                    if sender and slice_rows < progress.total < state.push_spark_min_triggers:
+                        sender.committed()
+                    # Every slice saved its position: stopping here leaves the rest to the next
+                    # run.
+                    budget_spent = bool(budget) and (
+                        (new_beside_walk and step is full_fanouts)
+                        or (time.monotonic() - started >= budget and input_waits())
+                    )
+                    if budget_spent:
+                        break
                 if budget_spent:
                     break
-            if budget_spent:
-                break
+        except BaseException:
+            if sender is not None:
+                sender.close(drain=False)
+            raise
+        if sender is not None:
+            sender.close(drain=True)
         in_progress = conn.execute(FANOUTS_IN_PROGRESS, {"t": window.trigger_time}).fetchone()[0]
     fault_point("feedback_sink.committed")  # test-only; no-op unless PROMO_FAULT_AT is set
     inserted = sum(written.values())
     seconds = round(time.monotonic() - started, 3)
     context.log.info(
         f"feedback sink: {inserted} rows in {slices} slices by {writers} writers in {seconds} s"
+        + (f", {sender.sent} of them sent to Kafka meanwhile" if sender and sender.sent else "")
     )
     if budget_spent:
         context.log.info(
@@ -143,9 +174,109 @@ def feedback_sink(
             "budget_spent": budget_spent,
             "fanouts_in_progress": in_progress,
             "writers": writers,
+            "sent_during_write": sender.sent if sender is not None else 0,
             "seconds": seconds,
         }
     )
+
+
+class InputWaits:
+    """`waits()`'s answer, kept for `ttl_s`: asked after every slice once past the budget, it
+    would otherwise open Kafka clients several times a second."""
+
+    def __init__(self, waits: Callable[[], bool], ttl_s: float = 5.0) -> None:
+        self.waits, self.ttl_s = waits, ttl_s
+        self.answer, self.asked = False, -float("inf")
+
+    def __call__(self) -> bool:
+        if time.monotonic() - self.asked >= self.ttl_s:
+            self.answer, self.asked = self.waits(), time.monotonic()
+        return self.answer
+
+
+# This run's committed outbox slices, oldest first: what the sender may send.
+RUN_OUTBOX = (
+    "SELECT slice_id, triggers FROM promo.trigger_outbox WHERE run_id = %s ORDER BY slice_id"
+)
+
+
+class OutboxSender:
+    """Sends this run's committed outbox slices to Kafka from a thread while the Postgres sink
+    writes the next ones, so the two sinks overlap instead of following each other.
+
+    Postgres stays first: only committed entries are visible to its connection. The messages
+    are `send_from_run`'s (the same query as every resend, so the same bytes), and an entry is
+    deleted only once Kafka acknowledged all of its messages. On any failure (Kafka down) it
+    stops and says so, and `push_sink` sends what is left, as it does after a killed run.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection],
+        producer: Callable[[], Sender],
+        run_id: str,
+        batch_triggers: int,
+        warn: Callable[[str], None],
+    ) -> None:
+        self.connect, self.producer, self.run_id = connect, producer, run_id
+        self.batch_triggers, self.warn = batch_triggers, warn
+        self.sent = 0
+        self.wake, self.finish, self.abandon = (
+            threading.Event(),
+            threading.Event(),
+            threading.Event(),
+        )
+        self.thread: threading.Thread | None = None
+
+    def committed(self) -> None:
+        """A slice committed: wake the sender (started on the first call)."""
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.run, name="outbox_sender", daemon=True)
+            self.thread.start()
+        self.wake.set()
+
+    def close(self, *, drain: bool) -> None:
+        """Once every slice is committed: send what is left (`drain`), or stop after the batch
+        under way (the sink failed; the outbox keeps the rest)."""
+        (self.finish if drain else self.abandon).set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join()
+
+    def run(self) -> None:
+        try:
+            with self.connect() as conn:
+                producer = self.producer()
+                while not self.abandon.is_set():
+                    self.wake.wait()
+                    self.wake.clear()
+                    finish = self.finish.is_set()
+                    while not self.abandon.is_set() and self.send_batch(conn, producer):
+                        pass
+                    if finish:
+                        return
+        except Exception as error:  # the Postgres sink must not fail on Kafka
+            self.warn(
+                f"sending committed slices during the Postgres sink stopped ({error}); "
+                "push_sink sends the rest"
+            )
+
+    def send_batch(self, conn: psycopg.Connection, producer: Sender) -> bool:
+        """The oldest committed slices of this run, about one slice's worth of triggers, sent
+        and deleted; False when there were none."""
+        batch, triggers = [], 0
+        for slice_id, count in conn.execute(RUN_OUTBOX, (self.run_id,)):
+            if batch and triggers + count > self.batch_triggers:
+                break
+            batch.append(slice_id)
+            triggers += count
+        if not batch:
+            return False
+        send_from_run(conn, producer, batch)
+        fault_point("feedback_sink.sent")  # test-only; no-op unless PROMO_FAULT_AT is set
+        conn.execute("DELETE FROM promo.trigger_outbox WHERE slice_id = ANY(%s)", (batch,))
+        self.sent += triggers
+        return True
 
 
 def _input_waits(
@@ -222,7 +353,7 @@ def push_sink(
         # cluster's executors then share.
         total = sum(count for _, count in entries.values())
         by_spark = bool(jobs) and total >= state.push_spark_min_triggers
-        producer = TriggerProducer(kafka, kafka.output_topic) if jobs and not by_spark else None
+        producer = Sender(kafka, kafka.output_topic) if jobs and not by_spark else None
         for job in jobs:
             done = [slice_id for ids in job for slice_id in ids]
             if producer is None:
@@ -279,9 +410,7 @@ def send_with_spark(
         )
 
 
-def send_from_run(
-    conn: psycopg.Connection, producer: TriggerProducer, slice_ids: list[int]
-) -> None:
+def send_from_run(conn: psycopg.Connection, producer: Sender, slice_ids: list[int]) -> None:
     """The slices' messages streamed from Postgres to Kafka, all acknowledged on return; Spark's
     query, so the same bytes. A binary COPY streams while the run produces (a cursor's fetches
     would leave one side idle), and reads text as raw bytes: nothing is decoded and re-encoded."""
