@@ -296,6 +296,7 @@ class Traffic:
         self.subscriptions = 0
         self.subscribe_failures = 0
         self.cancels: list[tuple[float, Message]] = []
+        self.helds = 0
 
     def new_id(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -350,7 +351,10 @@ class Traffic:
         value = json.dumps(campaign(restaurant, cid, start, bm.END)).encode()
         message = Message("held", cid, restaurant, value, now, start=start)
         self.publish(message)
-        if self.rng.random() < a.cancel_share:
+        # Exactly that share, in turn (the second of every two at 0.5), not a draw: a short soak
+        # still has both kinds.
+        self.helds += 1
+        if int(self.helds * a.cancel_share) > int((self.helds - 1) * a.cancel_share):
             self.cancels.append((now + self.rng.uniform(5, start - now - 150), message))
             self.cancels.sort(key=lambda c: c[0])
 
