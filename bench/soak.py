@@ -209,6 +209,20 @@ def schedule(args: argparse.Namespace, rng: random.Random) -> list[Fault]:
     return sorted(faults, key=lambda f: f.at_s)
 
 
+def heal(fault: Fault, start: Any, attempts: int = 10) -> None:
+    """Start a service again until it is up, as a restart policy would: on a loaded host one
+    start can outlast the stack's start timeout (the Connect server's 120 s did)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            start()
+            return
+        except Exception as exc:
+            fault.detail += f" start {attempt} failed: {type(exc).__name__};"
+            if attempt == attempts:
+                raise
+            time.sleep(5)
+
+
 def inject(soak: Soak, fault: Fault) -> None:
     fault.started = time.time()
     stack = soak.stack
@@ -225,20 +239,19 @@ def inject(soak: Soak, fault: Fault) -> None:
         elif fault.kind == "kafka":
             stack.kafka().stop()
             time.sleep(fault.down_s)
-            stack.kafka().start()
+            heal(fault, stack.kafka().start)
         elif fault.kind == "postgres":
             stack.postgres().stop()
             time.sleep(fault.down_s)
-            stack.postgres().start()
+            heal(fault, stack.postgres().start)
         elif fault.kind == "connect":
             pid = stack.spark_connect().pid()
             if pid:
                 os.kill(pid, signal.SIGKILL)
-            fault.detail = f"SIGKILL Connect server {pid}"
+            fault.detail = f"SIGKILL Connect server {pid};"
             time.sleep(fault.down_s)
             server = connect_server(soak)
-            server.start()
-            server.warm_up()
+            heal(fault, lambda: (server.start(), server.warm_up()))
         elif fault.kind == "daemon":
             with soak.lock:
                 soak.daemon_paused = True
@@ -1021,7 +1034,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else bm.RESULTS / f"{args.name}.json"
 
     stack = LocalStack(Path(args.stack_dir), spark="connect")
-    base = {k: v for k, v in stack.up().items() if not k.startswith("DAGSTER_")}
+    starting = Fault("stack", 0.0, 0.0)
+    heal(starting, stack.up, attempts=3)
+    base = {k: v for k, v in stack.settings().items() if not k.startswith("DAGSTER_")}
     work = Path(tempfile.mkdtemp(prefix="promo-soak-"))
     name = f"soak_{uuid.uuid4().hex[:6]}"
     slot = bm.Slot(base, name, work / "state")
