@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 from promo_pipeline.settings import split_list
-from promo_pipeline.stack.spark import SparkConnectServer, spark_env, spark_home
+from promo_pipeline.stack.spark import (
+    SparkConnectServer,
+    spark_env,
+    spark_home,
+    worker_python,
+)
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 from promo_pipeline_tests.support.spark_standalone import SparkStandalone
 
@@ -150,7 +155,8 @@ class SlowWorkerConnectServer(SparkConnectServer):
             'case "$*" in *foreach_batch_worker*)\n'
             f'  [ -e "{self.late}" ] || {{ touch "{self.late}"; sleep 12; }} ;;\n'
             "esac\n"
-            f'exec "{sys.executable}" "$@"\n'
+            # Then as any worker of the stack's server: off pyspark.zip (the other fix).
+            f'exec "{worker_python(self.dir)}" "$@"\n'
         )
         self.python.chmod(0o755)
 
