@@ -47,8 +47,11 @@ def promo_work_sensor(
     postgres: PostgresResource,
     state: StateResource,
 ) -> RunRequest | SkipReason:
-    running = context.instance.get_run_records(
-        RunsFilter(job_name=promo_job.name, statuses=ACTIVE_STATUSES)
+    running = fail_orphans(
+        context,
+        context.instance.get_run_records(
+            RunsFilter(job_name=promo_job.name, statuses=ACTIVE_STATUSES)
+        ),
     )
     if running:
         # The oldest STARTED run first: a dead one blocks every queued run behind it.
@@ -150,6 +153,31 @@ def check_run_alive(
         f"marked dead run {run.run_id[:8]} failed (no process held the pipeline lock); "
         "the next tick looks for work"
     )
+
+
+# A run is NOT_STARTED only from its creation to its submission to the queue, moments later in the
+# same daemon iteration. One still so after this long lost its submission (the Dagster database
+# went away in between: a run retry did, across a Postgres restart) and nothing will start it.
+ORPHAN_RUN_S = 120
+
+
+def fail_orphans(context: SensorEvaluationContext, running: list[RunRecord]) -> list[RunRecord]:
+    """Mark failed every NOT_STARTED run never submitted; the rest of `running` is returned."""
+    now = time.time()
+    kept = []
+    for record in running:
+        run, age = record.dagster_run, now - record.create_timestamp.timestamp()
+        if run.status != DagsterRunStatus.NOT_STARTED or age <= ORPHAN_RUN_S:
+            kept.append(record)
+            continue
+        message = (
+            f"promo_work_sensor: run {run.run_id} NOT_STARTED {age:.0f} s after it was created: "
+            "it was never submitted to the run queue (the Dagster database was unreachable "
+            "then), so nothing would start it. Marked failed so later runs can start."
+        )
+        context.log.error(message)
+        context.instance.report_run_failed(run, message)
+    return kept
 
 
 def _suspect(context: SensorEvaluationContext) -> tuple[str, float] | None:

@@ -7,6 +7,7 @@ It is what a user runs on real machines with the same class, so runs against it 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -40,9 +41,30 @@ def spark_env(log_dir: Path, daemon_memory: str = "512m") -> dict[str, str]:
         "SPARK_LOG_DIR": str(log_dir),
         "SPARK_DAEMON_MEMORY": daemon_memory,
         # foreachBatch and Python UDFs run in workers with this interpreter and its packages.
-        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_PYTHON": str(worker_python(log_dir)),
         "PYSPARK_DRIVER_PYTHON": sys.executable,
     }
+
+
+# Spark puts its pyspark.zip first on a Python worker's PYTHONPATH, and Python keeps no bytecode
+# of what it imports from a zip: every worker compiled pyspark from source, more than twice the
+# CPU of importing this same pyspark as installed. On a loaded host that pushed a foreachBatch
+# worker past the fixed 10 s Spark waits for it to connect back, and every run failed.
+WORKER_PYTHON = """#!/bin/sh
+PYTHONPATH=$(printf %s "$PYTHONPATH" | tr : '\\n' |
+  grep -v -e '/pyspark\\.zip$' -e '/py4j-[^/]*\\.zip$' | paste -sd: -)
+export PYTHONPATH
+exec {python} "$@"
+"""
+
+
+def worker_python(dir: Path) -> Path:
+    """This interpreter, behind a script that takes Spark's zips off the worker's PYTHONPATH."""
+    script = Path(dir) / "worker-python"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(WORKER_PYTHON.format(python=shlex.quote(sys.executable)))
+    script.chmod(0o755)
+    return script
 
 
 class SparkConnectServer(ProcessService):

@@ -219,3 +219,35 @@ def test_next_run_sensor_launches_a_run_right_after_one_that_left_work(
     launched = after_success()
     assert isinstance(launched, SkipReason)
     assert f"run {queued.run_id[:8]} is already launched" in launched.skip_message
+
+
+def test_sensor_fails_a_run_never_submitted_to_the_queue(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run retry created while the Dagster database went away stayed NOT_STARTED (never
+    queued), and the sensor waited for it for ever (found by bench/soak.py). Past
+    ORPHAN_RUN_S it is marked failed and the same tick goes on to the work."""
+    from promo_pipeline.defs import sensors
+
+    instance = DagsterInstance.ephemeral()
+    active = campaign()
+    pipeline.subscribe((new_uuid(), active["restaurant_id"]))
+    pipeline.publish(active)
+    orphan = instance.add_run(
+        DagsterRun(job_name="promo_job", run_id=new_uuid(), status=DagsterRunStatus.NOT_STARTED)
+    )
+    fresh = tick(pipeline, instance)
+    assert isinstance(fresh, SkipReason)
+    assert f"{orphan.run_id[:8]} is NOT_STARTED" in fresh.skip_message
+    assert instance.get_run_by_id(orphan.run_id).status == DagsterRunStatus.NOT_STARTED
+
+    monkeypatch.setattr(sensors, "ORPHAN_RUN_S", 0)
+    assert isinstance(tick(pipeline, instance), RunRequest)
+    failed = instance.get_run_by_id(orphan.run_id)
+    assert failed.status == DagsterRunStatus.FAILURE
+    [failure] = [
+        e.dagster_event.message
+        for e in instance.all_logs(orphan.run_id)
+        if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_FAILURE"
+    ]
+    assert "never submitted to the run queue" in failure

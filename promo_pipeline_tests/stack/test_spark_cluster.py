@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 from promo_pipeline.settings import split_list
-from promo_pipeline.stack.spark import SparkConnectServer
+from promo_pipeline.stack.spark import (
+    SparkConnectServer,
+    spark_env,
+    spark_home,
+    worker_python,
+)
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 from promo_pipeline_tests.support.spark_standalone import SparkStandalone
 
@@ -131,3 +136,71 @@ def test_pipeline_through_spark_connect(
     server_log = connect_server.log_file.read_text(errors="replace")
     assert str(pipeline.settings.promo_state_dir) in server_log
     assert pipeline.sql("SELECT sum(messages), sum(valid) FROM promo.campaign_batches") == [(2, 1)]
+
+
+class SlowWorkerConnectServer(SparkConnectServer):
+    """A Connect server whose first foreachBatch Python worker takes 12 s to start, as one does
+    on a loaded host: Spark waits a fixed 10 s for it to connect back (found by bench/soak.py)."""
+
+    def __init__(self, dir: Path, jars: list[str]) -> None:
+        super().__init__(dir, jars)
+        self.late = dir / "late-once"
+        self.python = dir / "python"
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.python.write_text(
+            "#!/bin/sh\n"
+            'case "$*" in *foreach_batch_worker*)\n'
+            f'  [ -e "{self.late}" ] || {{ touch "{self.late}"; sleep 12; }} ;;\n'
+            "esac\n"
+            # Then as any worker of the stack's server: off pyspark.zip (the other fix).
+            f'exec "{worker_python(self.dir)}" "$@"\n'
+        )
+        self.python.chmod(0o755)
+
+    def _env(self) -> dict[str, str]:
+        return {**super()._env(), "PYSPARK_PYTHON": str(self.python)}
+
+
+def test_a_foreach_batch_worker_late_to_connect_back_is_started_again(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    server = SlowWorkerConnectServer(
+        tmp_path / "connect", split_list(pipeline.settings.promo_spark_jars)
+    )
+    server.start()
+    try:
+        active, clients = publish_work(pipeline)
+        run = promo_run({**os.environ, "SPARK_MASTER": server.url})
+    finally:
+        server.stop()
+    assert run.returncode == 0, run.stdout + run.stderr[-5000:]
+    assert server.late.exists()
+    assert "did not connect back within Spark's 10 s (attempt 1 of 4)" in run.stdout + run.stderr
+    assert_delivered(pipeline, active, clients)
+
+
+def test_python_workers_import_the_installed_pyspark_not_sparks_zip(tmp_path: Path) -> None:
+    """Spark puts pyspark.zip first on a worker's PYTHONPATH; imported from there, pyspark is
+    compiled from source in every worker (no bytecode cache), which made the foreachBatch
+    worker miss Spark's 10 s to connect back on a loaded host. Nothing else on it is dropped."""
+    lib = spark_home() / "python" / "lib"
+    zips = [str(lib / "pyspark.zip"), *(str(z) for z in lib.glob("py4j-*.zip"))]
+    assert Path(zips[0]).exists() and len(zips) == 2, zips
+    python = spark_env(tmp_path)["PYSPARK_PYTHON"]
+    worker = subprocess.run(
+        [
+            python,
+            "-c",
+            "import os, pyspark; print(pyspark.__file__); print(os.environ['PYTHONPATH'])",
+        ],
+        env={**os.environ, "PYTHONPATH": ":".join([*zips, "/opt/extra lib"])},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    where, path = worker.stdout.splitlines()
+    assert where == str(spark_home() / "__init__.py")
+    assert path == "/opt/extra lib"

@@ -201,7 +201,7 @@ def _read(
     """The streaming query over what is new (availableNow), each micro-batch ingested by
     `ingest_batch`; returns the query's progress reports."""
     with spark.failing_fast():
-        query = (
+        writer = (
             spark.spark_session.readStream.format("kafka")
             .options(**kafka.spark_options())
             .option("subscribe", kafka.input_topic)
@@ -214,8 +214,8 @@ def _read(
             .foreachBatch(partial(ingest_batch, target=target))
             .option("checkpointLocation", state.checkpoint_dir)
             .trigger(availableNow=True)
-            .start()
         )
+        query = _start(context, writer)
         query.awaitTermination()
         if query.exception() is not None:
             raise Failure(f"campaign stream failed: {root_cause(query.exception())}")
@@ -224,6 +224,31 @@ def _read(
         if report.get("numInputRows"):
             context.log.info(f"streaming progress: {json.dumps(report)}")
     return progress
+
+
+# Spark Connect starts the foreachBatch Python worker as the query starts and waits a fixed 10 s
+# (PythonWorkerFactory.createSimpleWorker, not configurable) for it to connect back; on a loaded
+# host its imports alone take longer. Nothing is read before that, so starting again is safe.
+WORKER_NOT_BACK = "Python worker failed to connect back"
+START_ATTEMPTS = 4
+
+
+def _start(context: AssetExecutionContext, writer: Any) -> Any:
+    """`writer.start()` (a classic or Connect DataStreamWriter), started again while the server's
+    foreachBatch worker is late to connect back."""
+    attempt = 1
+    while True:
+        try:
+            return writer.start()
+        except Exception as error:
+            if WORKER_NOT_BACK not in str(error) or attempt == START_ATTEMPTS:
+                raise
+            context.log.warning(
+                f"campaign stream not started: the Spark server's foreachBatch Python worker did "
+                f"not connect back within Spark's 10 s (attempt {attempt} of {START_ATTEMPTS}); "
+                "starting it again"
+            )
+            attempt += 1
 
 
 def _metadata(
