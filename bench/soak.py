@@ -54,7 +54,7 @@ import benchmark as bm
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from promo_pipeline.db import conninfo, init_db
-from promo_pipeline.resources import kafka_resource
+from promo_pipeline.defs.resources import kafka_resource
 from promo_pipeline.stack import LocalStack, maven
 from promo_pipeline.stack._proc import stop_process_group
 from promo_pipeline.topics import ensure_topics
