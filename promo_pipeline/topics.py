@@ -3,6 +3,7 @@ partitions' offsets, and the one producer wrapper, with a profile per kind of me
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -72,15 +73,38 @@ def topic_watermarks(kafka: KafkaConfig, topic: str) -> dict[int, tuple[int, int
     )
     try:
         metadata = consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_S)
-        partitions = metadata.topics[topic].partitions
+        partitions = sorted(metadata.topics[topic].partitions)
         if metadata.topics[topic].error is not None:
             raise RuntimeError(f"topic {topic}: {metadata.topics[topic].error}")
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S)
-            for p in sorted(partitions)
-        }
+        deadline = time.monotonic() + KAFKA_TIMEOUT_S
+        return {p: _watermarks(consumer, TopicPartition(topic, p), deadline) for p in partitions}
     finally:
         consumer.close()
+
+
+# What a partition answers while its leader is elected; librdkafka does not always mark these
+# retriable on an offsets query.
+LEADER_MOVING = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
+
+
+def _watermarks(consumer: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+    """One partition's (low, high), asked again on a retriable error (a partition whose leader
+    is being elected: a topic just created, a broker just restarted) until `deadline`."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(
+                partition, timeout=max(deadline - time.monotonic(), 0.1)
+            )
+        except KafkaException as error:
+            kafka_error = error.args[0]
+            retry = kafka_error.retriable() or kafka_error.code() in LEADER_MOVING
+            if not retry or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 class DeliveryErrors(list[str]):
