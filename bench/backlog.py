@@ -36,9 +36,10 @@ sys.path.insert(0, str(REPO))
 
 from promo_pipeline.db import conninfo, init_db  # noqa: E402
 from promo_pipeline.defs.resources import kafka_resource  # noqa: E402
+from promo_pipeline.producers import produce_all  # noqa: E402
 from promo_pipeline.settings import Settings  # noqa: E402
 from promo_pipeline.stack import LocalStack  # noqa: E402
-from promo_pipeline.topics import ensure_topics, produce_all  # noqa: E402
+from promo_pipeline.topics import ensure_topics  # noqa: E402
 from promo_pipeline_tests.support.stack import destroy  # noqa: E402
 
 SUBSCRIBERS_PER_RESTAURANT = 10

@@ -43,10 +43,11 @@ sys.path.insert(0, str(REPO))
 
 from promo_pipeline.db import SEED_DDL, conninfo, init_db  # noqa: E402
 from promo_pipeline.defs.resources import kafka_resource  # noqa: E402
-from promo_pipeline.schema import TRIGGER_COLUMNS  # noqa: E402
+from promo_pipeline.message_shapes import TRIGGER_COLUMNS  # noqa: E402
+from promo_pipeline.producers import produce_all  # noqa: E402
 from promo_pipeline.settings import Settings, load_settings  # noqa: E402
 from promo_pipeline.stack._proc import stop_process_group  # noqa: E402
-from promo_pipeline.topics import ensure_topics, produce_all  # noqa: E402
+from promo_pipeline.topics import ensure_topics  # noqa: E402
 
 PYTHON = sys.executable
 CONTENDERS = ("promo", "promo-serial", "promo-local", "seed", "raw")

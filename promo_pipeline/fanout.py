@@ -37,7 +37,7 @@ from promo_pipeline.campaign_rules import (
     due_full_at,
     in_progress_at,
 )
-from promo_pipeline.schema import TRIGGER_COLUMNS
+from promo_pipeline.message_shapes import TRIGGER_COLUMNS
 
 DB_NOW = "SELECT floor(extract(epoch FROM clock_timestamp()))::int8"
 

@@ -17,14 +17,14 @@ from promo_pipeline.campaign_rules import state_counts
 from promo_pipeline.fanout import db_now
 from promo_pipeline.faultpoints import fault_point, fault_rows
 from promo_pipeline.kafka_config import KafkaConfig
-from promo_pipeline.schema import (
+from promo_pipeline.message_shapes import (
     CAMPAIGN_COLUMNS,
     Campaign,
     Rejection,
     cancelled,
     parse_campaign,
 )
-from promo_pipeline.topics import DEAD_LETTERS, Sender
+from promo_pipeline.producers import DEAD_LETTERS, Sender
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from promo_pipeline.db import conninfo
 from promo_pipeline.settings import Settings
-from promo_pipeline.status import status_report
+from promo_pipeline.status_report import status_report
 
 # Rows ever inserted into the ledger: Postgres' own counter (no scan of a table of millions).
 # It restarts from 0 when statistics are reset, which Prometheus' rate() treats as a reset.

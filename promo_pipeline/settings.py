@@ -242,7 +242,7 @@ def setting_names(model: type[BaseModel]) -> dict[str, str]:
     return names
 
 
-class StateConfig(BaseModel):
+class RunOptions(BaseModel):
     """Where the Spark checkpoint lives, how big a micro-batch and a fan-out slice may be, how
     long a run may go on starting fan-out slices while input waits, how many connections write
     a fan-out, whether it sends committed slices while writing, how often it reports progress,

@@ -9,7 +9,7 @@ from promo_pipeline.checkpoint import input_position
 from promo_pipeline.db import PostgresConfig
 from promo_pipeline.fanout import db_now, unsent_triggers
 from promo_pipeline.kafka_config import KafkaConfig
-from promo_pipeline.schema import format_epoch
+from promo_pipeline.message_shapes import format_epoch
 
 POSTGRES_TIMEOUT_MS = 20_000
 

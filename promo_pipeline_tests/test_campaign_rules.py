@@ -23,9 +23,9 @@ from promo_pipeline.fanout import (
     settled_watermark,
 )
 from promo_pipeline.ingest import store_campaigns
-from promo_pipeline.schema import Campaign
+from promo_pipeline.message_shapes import Campaign
 from promo_pipeline.settings import checkpoint_dir
-from promo_pipeline.status import status_report
+from promo_pipeline.status_report import status_report
 from promo_pipeline.work import find_work
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 

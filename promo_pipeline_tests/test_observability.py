@@ -18,9 +18,9 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client.parser import text_string_to_metric_families
 
 from promo_pipeline.checkpoint import committed_offsets
-from promo_pipeline.defs.resources import kafka_resource, state_resource
+from promo_pipeline.defs.resources import kafka_resource, run_options_resource
 from promo_pipeline.settings import load_settings
-from promo_pipeline.status import status_report
+from promo_pipeline.status_report import status_report
 from promo_pipeline_tests.support.pipeline import REPO, Pipeline, campaign, new_uuid
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
@@ -63,7 +63,7 @@ def test_consumer_group_lag_matches_promo_status(pipeline: Pipeline, group: str)
     pipeline.publish(campaign(), key=b"k2")
     pipeline.run_ok()
 
-    checkpoint = committed_offsets(state_resource(pipeline.settings).checkpoint_dir)
+    checkpoint = committed_offsets(run_options_resource(pipeline.settings).checkpoint_dir)
     read_to = {p: o for (t, p), o in checkpoint.items() if t == pipeline.settings.promo_input_topic}
     committed, lag = group_lag(pipeline, group)
     assert committed == read_to and sum(committed.values()) == 3
@@ -227,7 +227,7 @@ def test_metrics_before_any_success_and_on_a_corrupt_checkpoint(
     assert before["promo_input_checkpoint_corrupt"] == {(): 0}
 
     pipeline.run_ok()
-    offsets = Path(state_resource(pipeline.settings).checkpoint_dir, "offsets")
+    offsets = Path(run_options_resource(pipeline.settings).checkpoint_dir, "offsets")
     newest = max((p for p in offsets.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     newest.write_text("v1\nnot json\n")
     after = promo_metrics()

@@ -9,7 +9,9 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from promo_pipeline.cli.stack import prepare
+from promo_pipeline.producers import TRIGGERS, Sender
 from promo_pipeline.settings import Settings, load_settings
+from promo_pipeline.topics import DLQ_CONFIG
 from promo_pipeline_tests.support.faults import poll
 from promo_pipeline_tests.support.pipeline import Pipeline
 
@@ -90,7 +92,6 @@ def test_trigger_producer_names_the_unacknowledged_messages_and_the_brokers() ->
     import socket
 
     from promo_pipeline.kafka_config import KafkaConfig
-    from promo_pipeline.topics import Sender
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -108,7 +109,7 @@ def test_spark_writer_and_the_run_send_triggers_alike() -> None:
     """Spark's Kafka writer gets the run's producer options in the Java client's names (the
     map the sink wrote by hand before it was derived), and the DLQ producer takes what the
     DLQ topic takes."""
-    from promo_pipeline.topics import DEAD_LETTERS, DLQ_CONFIG, SPARK_TRIGGERS, TRIGGERS
+    from promo_pipeline.producers import DEAD_LETTERS, SPARK_TRIGGERS
 
     assert {
         "kafka.acks": "all",

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from promo_pipeline.fanout import OUTBOX_MESSAGES
-from promo_pipeline.schema import TRIGGER_COLUMNS
+from promo_pipeline.message_shapes import TRIGGER_COLUMNS
 from promo_pipeline_tests.support.pipeline import Pipeline, new_uuid
 
 pytestmark = [pytest.mark.stack]

@@ -10,8 +10,9 @@ from confluent_kafka.admin import AdminClient
 
 from promo_pipeline.cli.common import UserError
 from promo_pipeline.kafka_config import KafkaConfig
+from promo_pipeline.producers import CLI, DeliveryFailed, Sender
 from promo_pipeline.settings import Settings
-from promo_pipeline.topics import CLI, KAFKA_TIMEOUT_S, DeliveryFailed, Sender
+from promo_pipeline.topics import KAFKA_TIMEOUT_S
 
 FLUSH_TIMEOUT_S = 60
 

@@ -19,7 +19,7 @@ from promo_pipeline.cli.kafka import Publisher, require_topic
 from promo_pipeline.db import conninfo
 from promo_pipeline.fanout import db_now
 from promo_pipeline.kafka_config import KafkaConfig
-from promo_pipeline.schema import UUID_PATTERN
+from promo_pipeline.message_shapes import UUID_PATTERN
 from promo_pipeline.settings import Settings, load_settings
 from promo_pipeline.topics import KAFKA_TIMEOUT_S
 

@@ -30,8 +30,8 @@ from promo_pipeline.cli.common import UsageError, UserError, add_command
 from promo_pipeline.cli.kafka import Publisher, require_topic
 from promo_pipeline.db import PIPELINE_LOCK, conninfo
 from promo_pipeline.kafka_config import KafkaConfig
-from promo_pipeline.schema import REJECTION_CODES, epoch_out_of_range
-from promo_pipeline.settings import Settings, StateConfig, load_settings
+from promo_pipeline.message_shapes import REJECTION_CODES, epoch_out_of_range
+from promo_pipeline.settings import RunOptions, Settings, load_settings
 from promo_pipeline.topics import KAFKA_TIMEOUT_S, topic_watermarks
 
 # Offsets as Spark's startingOffsets names them: a partition's start, or its end.
@@ -88,7 +88,7 @@ def rewind(
     kafka = settings.config_for(KafkaConfig)
     topic = kafka.input_topic
     require_topic(settings, topic)
-    checkpoint = settings.config_for(StateConfig).checkpoint_dir
+    checkpoint = settings.config_for(RunOptions).checkpoint_dir
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
         # Held until the end of this block, so no run starts while the files move.
         key = PIPELINE_LOCK

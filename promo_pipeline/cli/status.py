@@ -1,4 +1,4 @@
-"""`promo status`: promo_pipeline.status's report, as lines or as one JSON object."""
+"""`promo status`: promo_pipeline.status_report's report, as lines or as one JSON object."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from promo_pipeline.cli.common import add_command, failure_line
 from promo_pipeline.cli.kafka import require_topic
 from promo_pipeline.settings import Settings, load_settings
-from promo_pipeline.status import status_report
+from promo_pipeline.status_report import status_report
 
 
 def cmd_status(args: argparse.Namespace) -> int:

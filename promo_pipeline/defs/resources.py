@@ -1,5 +1,5 @@
 """The code location's resources: thin Dagster adapters over the library's plain configs
-(`KafkaConfig`, `PostgresConfig`, `StateConfig`), each field fed by the setting named in
+(`KafkaConfig`, `PostgresConfig`, `RunOptions`), each field fed by the setting named in
 settings.py, plus what only a run needs (its lock, its Spark session, a one-line Failure)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import PrivateAttr
 
 from promo_pipeline.db import PIPELINE_LOCK, PostgresConfig, SchemaVersionError, check_schema
 from promo_pipeline.kafka_config import KafkaConfig
-from promo_pipeline.settings import Settings, StateConfig, load_settings, setting_names, split_list
+from promo_pipeline.settings import RunOptions, Settings, load_settings, setting_names, split_list
 
 Resource = TypeVar("Resource", bound=ConfigurableResource)
 R = TypeVar("R")
@@ -99,8 +99,8 @@ class KafkaResource(ConfigurableResource, KafkaConfig):
             raise Failure(f"topic {topic} does not exist on {self.bootstrap_servers}")
 
 
-class StateResource(ConfigurableResource, StateConfig):
-    """StateConfig as a resource."""
+class RunOptionsResource(ConfigurableResource, RunOptions):
+    """RunOptions as a resource."""
 
 
 class PipelineLockResource(ConfigurableResource):
@@ -307,8 +307,8 @@ def postgres_resource(settings: Settings) -> PostgresResource:
     return from_settings(PostgresResource, settings)
 
 
-def state_resource(settings: Settings) -> StateResource:
-    return from_settings(StateResource, settings)
+def run_options_resource(settings: Settings) -> RunOptionsResource:
+    return from_settings(RunOptionsResource, settings)
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
@@ -317,7 +317,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     return {
         "postgres": postgres,
         "kafka": from_settings(KafkaResource, settings, env_vars=True),
-        "state": from_settings(StateResource, settings, env_vars=True),
+        "run_options": from_settings(RunOptionsResource, settings, env_vars=True),
         "pipeline_lock": PipelineLockResource(postgres=postgres),
         "spark": SparkResource(
             spark_config=spark_config(settings), connect_log=settings.promo_spark_connect_log

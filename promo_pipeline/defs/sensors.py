@@ -21,7 +21,7 @@ from dagster import (
 
 from promo_pipeline.db import pipeline_lock_holders
 from promo_pipeline.defs.jobs import promo_job
-from promo_pipeline.defs.resources import KafkaResource, PostgresResource, StateResource
+from promo_pipeline.defs.resources import KafkaResource, PostgresResource, RunOptionsResource
 from promo_pipeline.work import find_work
 
 ACTIVE_STATUSES = [
@@ -45,7 +45,7 @@ def promo_work_sensor(
     context: SensorEvaluationContext,
     kafka: KafkaResource,
     postgres: PostgresResource,
-    state: StateResource,
+    run_options: RunOptionsResource,
 ) -> RunRequest | SkipReason:
     running = fail_orphans(
         context,
@@ -58,7 +58,7 @@ def promo_work_sensor(
         started = [r for r in running if r.dagster_run.status == DagsterRunStatus.STARTED]
         return check_run_alive(context, started[-1] if started else running[0], postgres)
     _set_suspect(context, None)
-    work = find_work(kafka, postgres, state.checkpoint_dir)
+    work = find_work(kafka, postgres, run_options.checkpoint_dir)
     if not work.due:
         return SkipReason("; ".join(work.skip_reasons))
     context.log.info("work found: " + "; ".join(work.reasons))
@@ -83,7 +83,7 @@ def promo_next_run_sensor(
     context: RunStatusSensorContext,
     kafka: KafkaResource,
     postgres: PostgresResource,
-    state: StateResource,
+    run_options: RunOptionsResource,
 ) -> RunRequest | SkipReason:
     finished = context.dagster_run.run_id
     running = context.instance.get_run_records(
@@ -92,7 +92,7 @@ def promo_next_run_sensor(
     if running:
         # promo_work_sensor's tick came first; runs never overlap.
         return SkipReason(f"run {running[0].dagster_run.run_id[:8]} is already launched")
-    work = find_work(kafka, postgres, state.checkpoint_dir)
+    work = find_work(kafka, postgres, run_options.checkpoint_dir)
     if not work.due:
         return SkipReason(f"after run {finished[:8]}: " + "; ".join(work.skip_reasons))
     reason = f"after run {finished[:8]}: " + "; ".join(work.reasons)

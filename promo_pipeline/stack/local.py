@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 
 from promo_pipeline.stack import maven
 from promo_pipeline.stack._proc import pick_free_ports, port_is_free
-from promo_pipeline.stack.kafka import KafkaBroker
+from promo_pipeline.stack.kafka_broker import KafkaBroker
 from promo_pipeline.stack.postgres import PostgresCluster
 from promo_pipeline.stack.spark import SparkConnectServer
 

@@ -411,7 +411,11 @@ def test_rewind_to_offsets_given_empty_is_refused(
 def test_status_lists_a_cancelled_held_campaign_as_cancelled_not_due(
     pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from promo_pipeline.defs.resources import kafka_resource, postgres_resource, state_resource
+    from promo_pipeline.defs.resources import (
+        kafka_resource,
+        postgres_resource,
+        run_options_resource,
+    )
     from promo_pipeline.work import find_work
     from promo_pipeline_tests.support.faults import wait_topics_ready
 
@@ -437,7 +441,7 @@ def test_status_lists_a_cancelled_held_campaign_as_cancelled_not_due(
     work = find_work(
         kafka_resource(pipeline.settings),
         postgres_resource(pipeline.settings),
-        state_resource(pipeline.settings).checkpoint_dir,
+        run_options_resource(pipeline.settings).checkpoint_dir,
     )
     [next_due] = [reason for reason in work.skip_reasons if "next held campaign" in reason]
     assert "(in 1h 00m)" in next_due or "(in 59 min)" in next_due, next_due

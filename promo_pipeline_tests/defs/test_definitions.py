@@ -29,11 +29,11 @@ ASSET_KINDS = {
     "push_sink": {"spark", "kafka"},
 }
 ASSET_RESOURCES = {
-    "campaign_batch": {"kafka", "pipeline_lock", "postgres", "spark", "state"},
+    "campaign_batch": {"kafka", "pipeline_lock", "postgres", "spark", "run_options"},
     "subscriber_snapshot": {"pipeline_lock", "postgres"},
     "triggers": {"pipeline_lock", "postgres"},
-    "feedback_sink": {"kafka", "pipeline_lock", "postgres", "state"},
-    "push_sink": {"kafka", "pipeline_lock", "postgres", "spark", "state"},
+    "feedback_sink": {"kafka", "pipeline_lock", "postgres", "run_options"},
+    "push_sink": {"kafka", "pipeline_lock", "postgres", "spark", "run_options"},
 }
 # (asset checked, check name)
 CHECKS = {
@@ -45,7 +45,7 @@ CHECKS = {
 RESOURCES = {
     "postgres": "PostgresResource",
     "kafka": "KafkaResource",
-    "state": "StateResource",
+    "run_options": "RunOptionsResource",
     "pipeline_lock": "PipelineLockResource",
     "spark": "SparkResource",
 }
@@ -115,7 +115,7 @@ def test_sensor(defs: Definitions) -> None:
         assert sensor.minimum_interval_seconds == interval
         assert sensor.job_name == "promo_job"
         assert sensor.default_status == DefaultSensorStatus.RUNNING
-        assert set(sensor.required_resource_keys) == {"kafka", "postgres", "state"}
+        assert set(sensor.required_resource_keys) == {"kafka", "postgres", "run_options"}
 
 
 def test_resources(defs: Definitions) -> None:
@@ -138,10 +138,10 @@ def test_a_set_variable_stays_an_env_var_and_a_default_is_a_value(
     monkeypatch.setenv("PROMO_SINK_WRITERS", "3")
     resources = build_resources(load_settings())
     assert resources["postgres"].password == EnvVar("POSTGRES_PASSWORD")
-    assert resources["state"].sink_writers == EnvVar.int("PROMO_SINK_WRITERS")
+    assert resources["run_options"].sink_writers == EnvVar.int("PROMO_SINK_WRITERS")
     assert resources["postgres"].host == "127.0.0.1"
     assert resources["kafka"].input_topic == "promo_campaigns"
-    assert resources["state"].max_offsets_per_trigger == 100_000
+    assert resources["run_options"].max_offsets_per_trigger == 100_000
     assert "POSTGRES_HOST" not in os.environ
 
 

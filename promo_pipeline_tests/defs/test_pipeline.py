@@ -8,7 +8,8 @@ import time
 import psycopg
 import pytest
 
-from promo_pipeline.schema import TRIGGER_COLUMNS
+from promo_pipeline.message_shapes import TRIGGER_COLUMNS
+from promo_pipeline.topics import ensure_topics
 from promo_pipeline_tests.support.pipeline import (
     SEED_CAMPAIGN,
     SEED_CLIENT,
@@ -180,7 +181,6 @@ def test_kafka_sink_failure_is_recovered_with_identical_messages(pipeline: Pipel
     from confluent_kafka.admin import AdminClient
 
     from promo_pipeline.defs.resources import kafka_resource
-    from promo_pipeline.topics import ensure_topics
 
     active = campaign()
     clients = sorted(new_uuid() for _ in range(3))

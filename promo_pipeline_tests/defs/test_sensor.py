@@ -14,7 +14,7 @@ from dagster import (
     build_sensor_context,
 )
 
-from promo_pipeline.defs.resources import kafka_resource, postgres_resource, state_resource
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource, run_options_resource
 from promo_pipeline.defs.sensors import promo_work_sensor
 from promo_pipeline_tests.support.dagster import tick
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
@@ -115,7 +115,7 @@ def test_sensor_fails_a_started_run_only_while_nobody_holds_the_pipeline_lock(
             resources={
                 "kafka": kafka_resource(pipeline.settings),
                 "postgres": postgres_resource(pipeline.settings),
-                "state": state_resource(pipeline.settings),
+                "run_options": run_options_resource(pipeline.settings),
             },
         )
         return promo_work_sensor(context), context.cursor
@@ -182,7 +182,7 @@ def test_next_run_sensor_launches_a_run_right_after_one_that_left_work(
             resources={
                 "kafka": kafka_resource(pipeline.settings),
                 "postgres": postgres_resource(pipeline.settings),
-                "state": state_resource(pipeline.settings),
+                "run_options": run_options_resource(pipeline.settings),
             },
         )
         result = promo_next_run_sensor(context)

@@ -26,7 +26,7 @@ from dagster import Failure
 
 from promo_pipeline.cli.messages import send
 from promo_pipeline.db import conninfo
-from promo_pipeline.defs.resources import kafka_resource, postgres_resource, state_resource
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource, run_options_resource
 from promo_pipeline.settings import Settings, load_settings
 from promo_pipeline.stack import maven
 from promo_pipeline.stack._proc import pick_free_ports
@@ -118,7 +118,7 @@ def test_pipeline_end_to_end_over_mutual_tls(
     pipeline.subscribe(*[(client, active["restaurant_id"]) for client in clients])
     assert send(mtls, [json.dumps(active), "not json"]) == 2
     kafka, postgres = kafka_resource(mtls), postgres_resource(mtls)
-    checkpoint = state_resource(mtls).checkpoint_dir
+    checkpoint = run_options_resource(mtls).checkpoint_dir
     work = find_work(kafka, postgres, checkpoint, int(time.time()))
     assert work.due and "2 new campaign messages" in work.reasons[0]
 

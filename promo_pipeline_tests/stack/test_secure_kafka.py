@@ -26,7 +26,7 @@ from dagster_shared.serdes import serialize_value
 
 from promo_pipeline.cli.messages import send
 from promo_pipeline.db import conninfo
-from promo_pipeline.defs.resources import kafka_resource, postgres_resource, state_resource
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource, run_options_resource
 from promo_pipeline.settings import Settings, load_settings
 from promo_pipeline.stack import maven
 from promo_pipeline.stack._proc import pick_free_ports
@@ -141,7 +141,7 @@ def test_pipeline_end_to_end_over_sasl_ssl_scram(
     # The CLI's producer and the sensor's lag check, both confluent-kafka over SASL_SSL.
     assert send(secured, [json.dumps(active), "not json"]) == 2
     kafka, postgres = kafka_resource(secured), postgres_resource(secured)
-    checkpoint = state_resource(secured).checkpoint_dir
+    checkpoint = run_options_resource(secured).checkpoint_dir
     work = find_work(kafka, postgres, checkpoint, int(time.time()))
     assert work.due and "2 new campaign messages" in work.reasons[0]
 
@@ -194,7 +194,7 @@ def test_wrong_password_fails_fast_and_writes_nothing(
     assert pipeline.sql("SELECT count(*) FROM promo.unsent_triggers") == [(0,)]
     assert read_topic(secured, secured.promo_output_topic, timeout=20) == []
     assert read_topic(secured, secured.promo_dlq_topic, timeout=20) == []
-    assert not Path(state_resource(secured).checkpoint_dir).exists()
+    assert not Path(run_options_resource(secured).checkpoint_dir).exists()
     for secret in (secure_kafka.password, wrong):
         assert secret not in run.stdout + run.stderr
         assert secret not in stored_dagster_text(the_run_id())

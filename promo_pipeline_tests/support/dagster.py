@@ -25,7 +25,7 @@ from dagster import (
     build_sensor_context,
 )
 
-from promo_pipeline.defs.resources import kafka_resource, postgres_resource, state_resource
+from promo_pipeline.defs.resources import kafka_resource, postgres_resource, run_options_resource
 from promo_pipeline.defs.sensors import promo_work_sensor
 from promo_pipeline.stack._proc import stop_process_group
 from promo_pipeline_tests.support.pipeline import REPO, Pipeline
@@ -71,7 +71,7 @@ def tick(pipeline: Pipeline, instance: DagsterInstance) -> RunRequest | SkipReas
         resources={
             "kafka": kafka_resource(pipeline.settings),
             "postgres": postgres_resource(pipeline.settings),
-            "state": state_resource(pipeline.settings),
+            "state": run_options_resource(pipeline.settings),
         },
     )
     result = promo_work_sensor(context)

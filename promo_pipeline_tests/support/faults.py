@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from promo_pipeline.schema import TRIGGER_COLUMNS
+from promo_pipeline.message_shapes import TRIGGER_COLUMNS
 from promo_pipeline.settings import Settings
 from promo_pipeline_tests.support.pipeline import Pipeline, new_uuid
 

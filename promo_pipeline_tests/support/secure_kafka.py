@@ -14,7 +14,7 @@ from typing import Any
 
 from promo_pipeline.stack._proc import require_tool
 from promo_pipeline.stack.errors import CommandFailed
-from promo_pipeline.stack.kafka import KafkaBroker
+from promo_pipeline.stack.kafka_broker import KafkaBroker
 
 MECHANISM = "SCRAM-SHA-512"
 ADMIN_USER = "broker-admin"

@@ -32,8 +32,8 @@ from promo_pipeline.defs.resources import (
     KafkaResource,
     PipelineLockResource,
     PostgresResource,
+    RunOptionsResource,
     SparkResource,
-    StateResource,
     under_pipeline_lock,
 )
 from promo_pipeline.ingest import (
@@ -77,7 +77,7 @@ def campaign_batch(
     spark: SparkResource,
     kafka: KafkaResource,
     postgres: PostgresResource,
-    state: StateResource,
+    run_options: RunOptionsResource,
 ) -> MaterializeResult:
     # The run's first Kafka contact: unreachable brokers or rejected credentials stop it here,
     # with the reason, before Spark starts or anything is written.
@@ -88,16 +88,18 @@ def campaign_batch(
         kafka=kafka.plain(),
         run_id=context.run_id,
     )
-    plan = _plan(context, kafka, state, target)
+    plan = _plan(context, kafka, run_options, target)
     target = replace(target, topic_id=plan.topic_id)
-    before = committed_offsets(state.checkpoint_dir)
+    before = committed_offsets(run_options.checkpoint_dir)
     # Nothing past the checkpoint (and no recreated topic): no streaming query, no Spark at all;
     # a run for new subscriptions or unsent triggers does not pay for reading nothing.
     progress = (
-        _read(context, spark, kafka, state, plan, target) if plan.waiting or plan.recreated else []
+        _read(context, spark, kafka, run_options, plan, target)
+        if plan.waiting or plan.recreated
+        else []
     )
-    after = committed_offsets(state.checkpoint_dir)
-    ranges = offsets_read(progress, before, after, initial_offsets(state.checkpoint_dir))
+    after = committed_offsets(run_options.checkpoint_dir)
+    ranges = offsets_read(progress, before, after, initial_offsets(run_options.checkpoint_dir))
     record_offsets(target.conninfo, context.run_id, kafka.input_topic, plan.topic_id, ranges)
     group_error = commit_group_offsets(
         kafka, {p: o for (topic, p), o in after.items() if topic == kafka.input_topic}
@@ -161,13 +163,20 @@ def _input_lost(plan: InputPlan) -> AssetCheckResult:
 
 
 def _plan(
-    context: AssetExecutionContext, kafka: KafkaResource, state: StateResource, target: IngestTarget
+    context: AssetExecutionContext,
+    kafka: KafkaResource,
+    run_options: RunOptionsResource,
+    target: IngestTarget,
 ) -> InputPlan:
     """Where the run starts reading; a recreated topic or a retention gap is said here, before
     the query, and a damaged checkpoint or an old database fails the run in one line."""
     try:
         plan = plan_input(
-            kafka, target.conninfo, state.state_dir, state.checkpoint_dir, context.run_id
+            kafka,
+            target.conninfo,
+            run_options.state_dir,
+            run_options.checkpoint_dir,
+            context.run_id,
         )
     except (CheckpointError, InputError) as error:
         raise Failure(str(error)) from None
@@ -194,7 +203,7 @@ def _read(
     context: AssetExecutionContext,
     spark: SparkResource,
     kafka: KafkaResource,
-    state: StateResource,
+    run_options: RunOptionsResource,
     plan: InputPlan,
     target: IngestTarget,
 ) -> list[dict[str, Any]]:
@@ -208,11 +217,11 @@ def _read(
             .option("startingOffsets", plan.starting_offsets)
             # Only after the gap is recorded by `_plan`: Spark would fail on it in every run.
             .option("failOnDataLoss", str(plan.fail_on_data_loss).lower())
-            .option("maxOffsetsPerTrigger", state.max_offsets_per_trigger)
+            .option("maxOffsetsPerTrigger", run_options.max_offsets_per_trigger)
             .load()
             .writeStream.queryName("campaign_batch")
             .foreachBatch(partial(ingest_batch, target=target))
-            .option("checkpointLocation", state.checkpoint_dir)
+            .option("checkpointLocation", run_options.checkpoint_dir)
             .trigger(availableNow=True)
         )
         query = _start(context, writer)

@@ -26,8 +26,8 @@ from promo_pipeline.defs.resources import (
     KafkaResource,
     PipelineLockResource,
     PostgresResource,
+    RunOptionsResource,
     SparkResource,
-    StateResource,
     under_pipeline_lock,
 )
 from promo_pipeline.defs.triggers.assets import triggers
@@ -42,7 +42,7 @@ from promo_pipeline.fanout import (
     run_window,
 )
 from promo_pipeline.faultpoints import fault_point
-from promo_pipeline.topics import SPARK_TRIGGERS, Sender
+from promo_pipeline.producers import SPARK_TRIGGERS, Sender
 
 # Tasks per Spark job of the Kafka sink, so the cores write in parallel; a job (or a batch the
 # run sends itself) carries about this many slices' worth of triggers (a failed one resends at
@@ -64,14 +64,14 @@ def feedback_sink(
     pipeline_lock: PipelineLockResource,
     postgres: PostgresResource,
     kafka: KafkaResource,
-    state: StateResource,
+    run_options: RunOptionsResource,
 ) -> MaterializeResult:
     started = time.monotonic()
     written: dict[str, int] = {}
     slices = 0
     # Past the budget a run starts no further slice once campaign messages wait on the input
     # topic (the slices under way complete); a giant alone keeps its one run.
-    budget = state.fanout_run_budget_s
+    budget = run_options.fanout_run_budget_s
     budget_spent = False
     with postgres.connect(autocommit=True) as conn:
         window = run_window(conn, context.run_id)
@@ -87,11 +87,11 @@ def feedback_sink(
                 f"(at {moved[0]}), by hand or by another writer: the sequence now starts above them"
             )
         input_waits = InputWaits(
-            functools.partial(_input_waits, context, kafka, conn, state.checkpoint_dir)
+            functools.partial(_input_waits, context, kafka, conn, run_options.checkpoint_dir)
         )
-        writers = state.sink_writers or os.cpu_count() or 1
-        progress = FanoutProgress(context.log.info, "feedback_sink", state.progress_every_s)
-        slice_rows = state.trigger_slice_rows
+        writers = run_options.sink_writers or os.cpu_count() or 1
+        progress = FanoutProgress(context.log.info, "feedback_sink", run_options.progress_every_s)
+        slice_rows = run_options.trigger_slice_rows
         connect = functools.partial(psycopg.connect, postgres.conninfo(), autocommit=True)
         # Sends the committed slices while the next ones are written (started by the first).
         sender = (
@@ -102,7 +102,7 @@ def feedback_sink(
                 slice_rows,
                 context.log.warning,
             )
-            if state.send_during_write
+            if run_options.send_during_write
             else None
         )
         full_fanouts = functools.partial(
@@ -126,7 +126,7 @@ def feedback_sink(
                     fault_point("feedback_sink.slice")
                     # A fan-out of one slice has nothing to overlap; one that push_sink would
                     # send through Spark (a cluster's workers) is left to it.
-                    if sender and slice_rows < progress.total < state.push_spark_min_triggers:
+                    if sender and slice_rows < progress.total < run_options.push_spark_min_triggers:
                         sender.committed()
                     # Every slice saved its position: stopping here leaves the rest to the next
                     # run.
@@ -331,7 +331,7 @@ def push_sink(
     postgres: PostgresResource,
     kafka: KafkaResource,
     spark: SparkResource,
-    state: StateResource,
+    run_options: RunOptionsResource,
 ) -> MaterializeResult:
     started = time.monotonic()
     sent = sent_this_run = 0
@@ -348,11 +348,11 @@ def push_sink(
             kafka.check_topic(kafka.output_topic)
         fault_point("push_sink.start")  # test-only; no-op unless PROMO_FAULT_AT is set
         entries = {slice_id: (run_id, count) for slice_id, run_id, count in pending}
-        jobs = push_jobs(pending, PUSH_TASKS * state.trigger_slice_rows, PUSH_TASKS)
+        jobs = push_jobs(pending, PUSH_TASKS * run_options.trigger_slice_rows, PUSH_TASKS)
         # A Spark job takes seconds to start: worth it only for a large outbox, which a
         # cluster's executors then share.
         total = sum(count for _, count in entries.values())
-        by_spark = bool(jobs) and total >= state.push_spark_min_triggers
+        by_spark = bool(jobs) and total >= run_options.push_spark_min_triggers
         producer = Sender(kafka, kafka.output_topic) if jobs and not by_spark else None
         for job in jobs:
             done = [slice_id for ids in job for slice_id in ids]

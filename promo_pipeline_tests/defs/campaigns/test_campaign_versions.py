@@ -19,7 +19,7 @@ from promo_pipeline.cli import main
 from promo_pipeline.db import conninfo
 from promo_pipeline.fanout import DB_NOW
 from promo_pipeline.ingest import store_campaigns
-from promo_pipeline.schema import CAMPAIGN_COLUMNS, Rejection, cancelled, parse_campaign
+from promo_pipeline.message_shapes import CAMPAIGN_COLUMNS, Rejection, cancelled, parse_campaign
 from promo_pipeline_tests.defs.campaigns.test_input_edges import publish_to
 from promo_pipeline_tests.support.faults import poll
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from promo_pipeline.schema import CAMPAIGN_COLUMNS, INT8_MAX, MAX_MESSAGE_BYTES, TRIGGER_COLUMNS
+from promo_pipeline.message_shapes import (
+    CAMPAIGN_COLUMNS,
+    INT8_MAX,
+    MAX_MESSAGE_BYTES,
+    TRIGGER_COLUMNS,
+)
 from promo_pipeline_tests.support.pipeline import Pipeline, campaign, new_uuid
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]

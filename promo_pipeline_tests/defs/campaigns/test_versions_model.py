@@ -54,7 +54,7 @@ from hypothesis.stateful import (
 from promo_pipeline.cli import main
 from promo_pipeline.defs.resources import kafka_resource
 from promo_pipeline.fanout import DB_NOW
-from promo_pipeline.schema import CAMPAIGN_COLUMNS, TRIGGER_COLUMNS
+from promo_pipeline.message_shapes import CAMPAIGN_COLUMNS, TRIGGER_COLUMNS
 from promo_pipeline.settings import load_settings
 from promo_pipeline.topics import ensure_topics
 from promo_pipeline_tests.defs.campaigns.test_input_edges import publish_to

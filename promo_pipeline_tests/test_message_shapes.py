@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from promo_pipeline.schema import CAMPAIGN_COLUMNS, TRIGGER_COLUMNS, Campaign, parse_campaign
+from promo_pipeline.message_shapes import (
+    CAMPAIGN_COLUMNS,
+    TRIGGER_COLUMNS,
+    Campaign,
+    parse_campaign,
+)
 from promo_pipeline_tests.support.pipeline import SEED_CAMPAIGN
 
 

@@ -18,8 +18,8 @@ from promo_pipeline.checkpoint import InputPosition, describe_gaps, input_positi
 from promo_pipeline.db import conninfo
 from promo_pipeline.fanout import db_now, unsent_triggers
 from promo_pipeline.kafka_config import KafkaConfig
-from promo_pipeline.schema import EPOCH_MAX, format_epoch
-from promo_pipeline.settings import Settings, StateConfig
+from promo_pipeline.message_shapes import EPOCH_MAX, format_epoch
+from promo_pipeline.settings import RunOptions, Settings
 
 # The four disjoint states: a cancelled campaign is neither held nor expired.
 STATUS_CAMPAIGNS = f"SELECT {state_counts('%(now)s')} FROM promo.campaigns"
@@ -75,7 +75,7 @@ def status_report(settings: Settings, now: int | None = None) -> tuple[dict[str,
     with psycopg.connect(conninfo(settings)) as conn:
         now = db_now(conn) if now is None else now
         report: dict[str, Any] = {"now": now}
-        position = input_position(kafka, conn, settings.config_for(StateConfig).checkpoint_dir)
+        position = input_position(kafka, conn, settings.config_for(RunOptions).checkpoint_dir)
         report["input"], line = _input_status(position)
         _skipped_by_rewind(conn, kafka.input_topic, report["input"])
         if report["input"]["skipped_by_rewind"]:
