@@ -108,10 +108,11 @@ class Settings(BaseSettings):
         description="connections that write a fan-out's slices concurrently (each its own "
         "Postgres backend); 0: one per CPU core of the run's host",
     )
-    # The Kafka send of committed slices overlaps the write of the next ones (bench/README.md);
-    # off, push_sink sends a run's whole outbox after the Postgres sink.
+    # Off by default: the one side-by-side measurement (bench/README.md) found the sinks slower
+    # with the send overlapped on a CPU-bound host; on, a sender in the Postgres sink sends the
+    # committed slices while the next ones are written.
     promo_send_during_write: int = Field(
-        1,
+        0,
         ge=0,
         le=1,
         description="1: while the Postgres sink writes a multi-slice fan-out, a sender in the run "

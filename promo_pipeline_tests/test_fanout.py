@@ -31,6 +31,7 @@ def test_fan_out_spans_slices_and_matches_subscribers_in_any_case(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PROMO_TRIGGER_SLICE_ROWS", "3")
+    monkeypatch.setenv("PROMO_SEND_DURING_WRITE", "1")
     active = campaign()
     restaurant = active["restaurant_id"]
     clients = [new_uuid() for _ in range(10)]
@@ -310,8 +311,7 @@ def test_a_run_past_its_budget_leaves_the_fan_out_to_the_next_which_serves_new_c
     assert metric(first, "feedback_sink", "fanouts_in_progress") == 1
     assert "budget_spent True" in first
     assert "campaign messages waiting" in first
-    # What it wrote, sent before it ends.
-    assert metric(first, "feedback_sink", "sent_during_write") == 2
+    assert metric(first, "push_sink", "sent_this_run") == 2  # what it wrote, sent before it ends
     assert len(pipeline.pairs()) == 2
     assert [(e["done"], e["total"]) for e in fanouts_in_progress(capsys)[0]] == [(2, 7)]
 
@@ -474,7 +474,12 @@ def test_kill_while_the_sender_is_mid_batch_and_writers_mid_slice_loses_and_doub
     pipeline.subscribe(*[(client, active["restaurant_id"]) for client in clients])
     pipeline.publish(active)
     expected = {(active["adv_campaign_id"], client) for client in clients}
-    env = {**pipeline.env, "PROMO_TRIGGER_SLICE_ROWS": "2", "PROMO_SINK_WRITERS": "2"}
+    env = {
+        **pipeline.env,
+        "PROMO_TRIGGER_SLICE_ROWS": "2",
+        "PROMO_SINK_WRITERS": "2",
+        "PROMO_SEND_DURING_WRITE": "1",
+    }
 
     # Slices 1 and 2 commit; the writers then hold slices 3 and 4 before their commits, and
     # the sender holds its first batch (slice 1) once Kafka acknowledged it.

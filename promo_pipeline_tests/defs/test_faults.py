@@ -182,6 +182,8 @@ def cell_pipeline(
         "PROMO_STACK_DIR": str(fault_stack.dir),
         "PROMO_TRIGGER_SLICE_ROWS": SLICE_ROWS,
         "PROMO_SINK_WRITERS": WRITERS,
+        # The sender of committed slices (off by default) inside every cell but mid_kafka_sink.
+        "PROMO_SEND_DURING_WRITE": "1",
     }
     return fresh_pipeline(env, tmp_path, monkeypatch)
 
@@ -324,7 +326,7 @@ def render(results: dict[tuple[str, str], Cell]) -> str:
         "with a subscriber (no trigger), 1 malformed message (DLQ). Slices of "
         f"{SLICE_ROWS} triggers (`PROMO_TRIGGER_SLICE_ROWS`): the Postgres sink's {WRITERS} "
         "writers (`PROMO_SINK_WRITERS`) commit 9 slices, which the run's sender sends to Kafka "
-        "while the next ones are written (`PROMO_SEND_DURING_WRITE`, the default). In the "
+        "while the next ones are written (`PROMO_SEND_DURING_WRITE=1`, off by default). In the "
         "`mid_kafka_sink` row the faulted run leaves them to the Kafka sink "
         "(`PROMO_SEND_DURING_WRITE=0`), which sends them in 3 batches: from the run itself (an "
         "outbox this small is, by default), or in the `spark_failure` column as 3 Spark jobs of "
