@@ -7,6 +7,7 @@ restart costs most, is left to the long soak, the documented command (docs/relia
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,15 +34,21 @@ def test_five_minute_soak_with_faults_loses_nothing_and_doubles_nothing(tmp_path
         *("--stack-dir", str(stack_dir), "--name", "soak_ci", "--out", str(out)),
     ]
     try:
-        done = subprocess.run(
+        soak = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "soak.py"), *args],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=1700,
         )
+        try:
+            stdout, stderr = soak.communicate(timeout=1700)
+        except subprocess.TimeoutExpired:
+            # SIGINT, not the SIGKILL of run(timeout=): the soak stops the daemon it started.
+            soak.send_signal(signal.SIGINT)
+            stdout, stderr = soak.communicate(timeout=120)
     finally:
         destroy(LocalStack(stack_dir))
-    assert done.returncode == 0, done.stderr[-4000:] + done.stdout[-2000:]
+    assert soak.returncode == 0, stderr[-4000:] + stdout[-2000:]
     result = json.loads(out.read_text())
     v, runs = result["verified"], result["runs"]
     assert {f["kind"] for f in result["faults"]} == {"worker", "kafka", "postgres", "daemon"}
