@@ -215,7 +215,10 @@ def test_failed_runs_name_their_root_cause_in_one_line(
 ) -> None:
     with monkeypatch.context() as wrong:
         wrong.setenv("POSTGRES_PASSWORD", "not-the-password")
-        wrong.delenv("DAGSTER_HOME")  # an ephemeral instance: the run itself meets the password
+        # A home without dagster.yaml (SQLite storage), so the run itself meets the password:
+        # unset, `promo run` would take the stack's from stack.env.
+        (tmp_path / "sqlite_home").mkdir()
+        wrong.setenv("DAGSTER_HOME", str(tmp_path / "sqlite_home"))
         assert main(["run"]) == 1
         line = failed_line(capsys)
         assert line.startswith(  # the pipeline lock's setup, before any step: the run fails

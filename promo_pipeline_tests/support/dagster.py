@@ -71,7 +71,7 @@ def tick(pipeline: Pipeline, instance: DagsterInstance) -> RunRequest | SkipReas
         resources={
             "kafka": kafka_resource(pipeline.settings),
             "postgres": postgres_resource(pipeline.settings),
-            "state": run_options_resource(pipeline.settings),
+            "run_options": run_options_resource(pipeline.settings),
         },
     )
     result = promo_work_sensor(context)
