@@ -458,6 +458,8 @@ def test_daemon_retries_a_run_that_failed_at_push_sink_once_kafka_is_back(
         # retry passes (the release file exists by then).
         "PROMO_FAULT_AT": "push_sink.start",
         "PROMO_FAULT_DIR": str(faults),
+        # The whole outbox left to push_sink (the cells' pipeline sends during the write).
+        "PROMO_SEND_DURING_WRITE": "0",
     }.items():
         monkeypatch.setenv(name, value)
 
