@@ -133,6 +133,8 @@ INSERT INTO promo.trigger_outbox
     (run_id, adv_campaign_id, client_first, client_last, trigger_time, triggers)
 VALUES (%s, %s, %s, %s, %s, %s)
 """
+# Outbox entries Kafka acknowledged: forgotten only then, by the sender or by push_sink.
+OUTBOX_SENT = "DELETE FROM promo.trigger_outbox WHERE slice_id = ANY(%s)"
 
 FANOUTS_IN_PROGRESS = f"SELECT count(*) FROM promo.campaigns WHERE {in_progress_at('%(t)s')}"
 # Campaigns not yet started while another's walk is in progress: published during a giant's

@@ -35,6 +35,7 @@ from promo_pipeline.fanout import (
     FANOUTS_IN_PROGRESS,
     NEW_BESIDE_WALK,
     OUTBOX_MESSAGES,
+    OUTBOX_SENT,
     FanoutProgress,
     full_fanout_slices,
     move_id_sequence_past_manual_rows,
@@ -274,7 +275,7 @@ class OutboxSender:
             return False
         send_from_run(conn, producer, batch)
         fault_point("feedback_sink.sent")  # test-only; no-op unless PROMO_FAULT_AT is set
-        conn.execute("DELETE FROM promo.trigger_outbox WHERE slice_id = ANY(%s)", (batch,))
+        conn.execute(OUTBOX_SENT, (batch,))
         self.sent += triggers
         return True
 
@@ -360,7 +361,7 @@ def push_sink(
                 send_with_spark(spark, postgres, kafka, job)
             else:
                 send_from_run(conn, producer, done)
-            conn.execute("DELETE FROM promo.trigger_outbox WHERE slice_id = ANY(%s)", (done,))
+            conn.execute(OUTBOX_SENT, (done,))
             for slice_id in done:
                 run_id, count = entries[slice_id]
                 sent += count
