@@ -585,12 +585,23 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
-def chart(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
+def pyplot() -> Any | None:
+    """matplotlib's pyplot, or None (said on stdout) without the `bench` extra: the figures are
+    the JSON, the chart only draws them, so a missing chart must not fail a finished run."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        print("no chart: matplotlib is not installed (pip install -e '.[bench]')")
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    if (plt := pyplot()) is None:
+        return
     sizes = [s for s in SIZES if any(r["size"] == s for r in rows)]
     contenders = [c for c in CONTENDERS if any(r["contender"] == c for r in rows)]
     colours = {

@@ -303,11 +303,8 @@ def print_table(rows: list[dict[str, Any]], steady: dict[str, Any]) -> None:
 
 
 def chart(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if (plt := bm.pyplot()) is None:
+        return
     sizes = [row["subscribers"] / 1e6 for row in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(sizes, [row["wall_s"] for row in rows], "o-")

@@ -727,11 +727,8 @@ def figures(soak: Soak) -> dict[str, Any]:
 
 
 def chart(soak: Soak, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if (plt := bm.pyplot()) is None:
+        return
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 7), sharex=True)
     smalls = [m for m in soak.messages if m.kind == "small" and m.arrived]
     top.scatter([(m.published - soak.t0) / 60 for m in smalls],

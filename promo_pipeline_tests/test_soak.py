@@ -22,10 +22,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.spark, pytest.mar
 
 
 # Minutes on a quiet machine; a loaded one (other stacks beside it) takes several times longer.
-@pytest.mark.skip(
-    reason="issue 18 open: failed in the clean-clone CI of 74c40ae (a producer refused during the"
-    " Kafka-restart fault); cause not found yet, see bench/soak.py --minutes 4"
-)
 @pytest.mark.timeout(1800)
 def test_five_minute_soak_with_faults_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
