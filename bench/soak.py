@@ -402,36 +402,37 @@ class Traffic:
 # -- sampling ---------------------------------------------------------------------------------
 
 
-def tree_rss(pid: int | None, children: bool) -> tuple[int | None, float | None]:
+def tree_pss(pid: int | None, children: bool) -> tuple[int | None, float | None]:
     if not pid:
         return None, None
     try:
         root = psutil.Process(pid)
         tree = [root, *root.children(recursive=True)] if children else [root]
+        # PSS, not RSS: Postgres' backends share its buffers, and each one's RSS counts every
+        # shared page it touched, so a summed RSS grows as backends come and go.
         total = 0
         for p in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
-                total += p.memory_info().rss
+                total += p.memory_full_info().pss
         return pid, round(total / 2**20, 1)
     except psutil.NoSuchProcess:
         return None, None
 
 
 def sample(soak: Soak, conn: psycopg.Connection | None) -> psycopg.Connection | None:
-    """RSS of the long-lived processes, the outbox, the load: every --sample-every seconds."""
+    """Memory (PSS) of the long-lived processes, the outbox, the load, every --sample-every s."""
     servers = code_servers(soak)
     roles = {
-        "daemon": tree_rss(soak.daemon.pid if soak.daemon else None, False),
-        "code_server": tree_rss(servers[0].pid if servers else None, False),
-        "connect": tree_rss(soak.stack.spark_connect().pid(), False),
-        "kafka": tree_rss(soak.stack.kafka().pid(), False),
-        # Postgres' backends share its buffers: their summed RSS counts those pages per backend.
-        "postgres": tree_rss(soak.stack.postgres().pid(), True),
+        "daemon": tree_pss(soak.daemon.pid if soak.daemon else None, False),
+        "code_server": tree_pss(servers[0].pid if servers else None, False),
+        "connect": tree_pss(soak.stack.spark_connect().pid(), False),
+        "kafka": tree_pss(soak.stack.kafka().pid(), False),
+        "postgres": tree_pss(soak.stack.postgres().pid(), True),
     }
     entry: dict[str, Any] = {
         "t_s": soak.now_s(),
         "load": round(os.getloadavg()[0], 2),
-        "rss_mb": {k: v[1] for k, v in roles.items()},
+        "pss_mb": {k: v[1] for k, v in roles.items()},
         "pid": {k: v[0] for k, v in roles.items()},
     }
     try:
@@ -662,7 +663,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def figures(soak: Soak) -> dict[str, Any]:
-    """Freshness in and out of fault windows, delivery resumption, RSS growth, outbox peak."""
+    """Freshness in and out of fault windows, delivery resumption, memory growth, outbox peak."""
     smalls = [m for m in soak.messages if m.kind == "small" and m.acked]
     for f in soak.faults:
         after = [m.arrived for m in smalls if m.arrived and m.arrived > f.healed]
@@ -685,29 +686,28 @@ def figures(soak: Soak) -> dict[str, Any]:
         }
 
     last = soak.samples[-1]
-    rss = {}
-    for role in last["rss_mb"]:
+    memory = {}
+    for role in last["pss_mb"]:
         pid = last["pid"][role]
         born = next((s["t_s"] for s in soak.samples if s["pid"][role] == pid), 0.0)
-        # From minute 10, or for a process a fault restarted, from 2 minutes after its start.
+        # From its 10th minute: of the soak, or of its life for a process a fault restarted
+        # (caches and a JVM's heap fill in the first minutes, which is warm-up, not growth).
         base = next(
             (
                 s
                 for s in soak.samples
-                if s["pid"][role] == pid
-                and s["t_s"] >= max(600.0, born + 120)
-                and s["rss_mb"][role]
+                if s["pid"][role] == pid and s["t_s"] >= born + 600.0 and s["pss_mb"][role]
             ),
             None,
         )
-        rss[role] = {
-            "start_mb": soak.samples[0]["rss_mb"][role],
-            "end_mb": last["rss_mb"][role],
+        memory[role] = {
+            "start_mb": soak.samples[0]["pss_mb"][role],
+            "end_mb": last["pss_mb"][role],
             "from_s": base["t_s"] if base else None,
-            "from_mb": base["rss_mb"][role] if base else None,
+            "from_mb": base["pss_mb"][role] if base else None,
             "growth_pct": (
-                round(100 * (last["rss_mb"][role] / base["rss_mb"][role] - 1), 1)
-                if base and last["rss_mb"][role]
+                round(100 * (last["pss_mb"][role] / base["pss_mb"][role] - 1), 1)
+                if base and last["pss_mb"][role]
                 else None
             ),
         }
@@ -720,7 +720,7 @@ def figures(soak: Soak) -> dict[str, Any]:
         ],
         "outbox_max_triggers": max((s.get("outbox_triggers", 0) for s in soak.samples), default=0),
         "outbox_max_slices": max((s.get("outbox_slices", 0) for s in soak.samples), default=0),
-        "rss": rss,
+        "memory": memory,
         "load_max": max(s["load"] for s in soak.samples),
         "load_mean": round(statistics.mean(s["load"] for s in soak.samples), 2),
     }
@@ -748,9 +748,9 @@ def chart(soak: Soak, path: Path) -> None:
     top.set_title("Soak: freshness of small campaigns; faults shaded; giant campaigns dotted")
     top.legend(loc="upper left")
     ts = [s["t_s"] / 60 for s in soak.samples]
-    for role in soak.samples[0]["rss_mb"]:
-        bottom.plot(ts, [s["rss_mb"][role] for s in soak.samples], label=role)
-    bottom.set_ylabel("RSS (MB)")
+    for role in soak.samples[0]["pss_mb"]:
+        bottom.plot(ts, [s["pss_mb"][role] for s in soak.samples], label=role)
+    bottom.set_ylabel("PSS (MB)")
     bottom.set_xlabel("minutes into the soak")
     bottom.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
@@ -928,9 +928,9 @@ def render_doc(result: dict[str, Any]) -> str:
         + (
             f" ({x['growth_pct']:+}% since {x['from_s'] / 60:.0f} min, one process)"
             if x["growth_pct"] is not None
-            else " (restarted too late to compare)"
+            else " (restarted less than 10 minutes before the end)"
         )
-        for role, x in f["rss"].items()
+        for role, x in f["memory"].items()
     )
     return "\n".join(
         [
@@ -978,7 +978,7 @@ def render_doc(result: dict[str, Any]) -> str:
             f"| delivery resumed after each fault healed | {resumed} |",
             f"| daemon exits not caused by the soak | {len(result['daemon_exits_unplanned'])} |",
             "",
-            f"RSS (growth from minute 10, or 2 minutes after a restart, to the end): {rss}.",
+            f"Memory, PSS (growth from the 10th minute of each process's life to the end): {rss}.",
             "",
             f"Timeline: `bench/results/{result['meta']['name']}.png`; figures: "
             f"`bench/results/{result['meta']['name']}.json`.",
