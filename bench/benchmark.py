@@ -568,7 +568,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
         f"{'size':<7}{'contender':<14}{'triggers':>9}{'wall s':>8}{'trig/s':>10}"
         f"{'read':>7}{'join':>7}{'pg':>7}{'kafka':>7}{'checks':>7}{'other':>7}"
-        f"{'RSS MB':>8}{'ok':>4}{'vs seed':>9}{'vs raw':>8}{'vs overlap':>10}"
+        f"{'RSS MB':>8}{'ok':>4}{'vs seed':>9}{'vs raw':>8}{'vs overlap':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -581,7 +581,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['size']:<7}{r['contender']:<14}{r['triggers']:>9}{r['wall_s']:>8.2f}"
             f"{r['triggers_per_s']:>10.0f}{s['read']:>7.2f}{s['join']:>7.2f}{s['postgres']:>7.2f}"
             f"{s['kafka']:>7.2f}{s['checks']:>7.2f}{s['other']:>7.2f}{r['peak_rss_mb']:>8.0f}"
-            f"{'yes' if r['verified'] else 'NO':>4}{vs_seed:>9}{vs_raw:>8}{vs_overlap:>10}"
+            f"{'yes' if r['verified'] else 'NO':>4}{vs_seed:>9}{vs_raw:>8}{vs_overlap:>12}"
         )
 
 

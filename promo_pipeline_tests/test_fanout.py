@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from promo_pipeline.defs.resources import kafka_resource, postgres_resource
+from promo_pipeline.fanout import FULL_SLICE, FULL_SLICE_SKIPPING
 from promo_pipeline.settings import checkpoint_dir
 from promo_pipeline.work import find_work
 from promo_pipeline_tests.support.faults import ChildRun, check_recovered, output_count, poll
@@ -506,3 +507,12 @@ def test_kill_while_the_sender_is_mid_batch_and_writers_mid_slice_loses_and_doub
     recovery = check_recovered(pipeline, expected)
     assert recovery.ok, recovery.problems  # one row per pair, copies identical, outbox empty
     assert recovery.duplicates == 2  # slice 1, sent by the killed run's sender and again
+
+
+def test_a_slice_is_a_plain_insert_and_its_second_try_skips_triggered_pairs() -> None:
+    """The first try lets the unique index refuse a doubled pair (no speculative insertion per
+    row); the second, after a refusal, differs only by skipping the pairs already triggered."""
+    assert "ON CONFLICT" not in FULL_SLICE
+    skip = "ON CONFLICT (adv_campaign_id, client_id) DO NOTHING"
+    assert FULL_SLICE_SKIPPING.count(skip) == 1
+    assert FULL_SLICE_SKIPPING.replace(f"    {skip}\n", "") == FULL_SLICE
