@@ -23,7 +23,7 @@ BEGIN = "<!-- bench figures: rendered by bench/readme_figures.py; do not edit --
 END = "<!-- end of bench figures -->"
 # The results the README quotes (each with its chart, where one exists); other files in
 # bench/results are earlier or partial measurements that bench/README.md discusses.
-QUOTED = ("full", "fanout", "fanout_compare_6m", "freshness_giant", "backlog")
+QUOTED = ("full", "fanout", "fanout_compare", "freshness_giant", "backlog")
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -82,22 +82,28 @@ def render() -> str:
         "",
     ]
 
-    compare = _load("fanout_compare_6m")
-    at = {r["contender"]: r for r in compare["summary"]}
-    promo = at["promo"]
-    lines += [
-        f"- `bench/fanout.py --sizes 6000000` ({compare['meta']['started']} UTC), side by side: "
-        f"one campaign to {_millions(promo['triggers'])} subscribers beside "
-        f"{_millions(compare['meta']['unrelated_subscriptions'])} unrelated ones: "
-        + ", ".join(
-            f"{name} {row['wall_s']:.1f} s ({row['triggers_per_s']:,.0f} triggers/s, "
-            f"{row['peak_rss_mb']:,.0f} MB)"
-            for name, row in at.items()
+    compare = _load("fanout_compare")
+    sizes = {}
+    for row in compare["summary"]:
+        sizes.setdefault(row["size"], {})[row["contender"]] = row
+    lines.append(
+        f"- `bench/fanout.py --sizes {','.join(str(s) for s in compare['meta']['sizes_done'])}` "
+        f"({compare['meta']['started']} UTC), side by side, one campaign beside "
+        f"{_millions(compare['meta']['unrelated_subscriptions'])} unrelated subscriptions: "
+        + "; ".join(
+            f"to {_millions(at['promo']['triggers'])} subscribers "
+            + ", ".join(
+                f"{name} {row['wall_s']:.1f} s ({row['triggers_per_s']:,.0f} triggers/s, "
+                f"{row['peak_rss_mb']:,.0f} MB)"
+                for name, row in at.items()
+            )
+            + f", promo/seed {at['promo']['promo/seed']:.2f}x, promo/raw "
+            f"{at['promo']['promo/raw']:.2f}x"
+            for at in sizes.values()
         )
-        + f"; promo/seed {promo['promo/seed']:.2f}x, promo/raw {promo['promo/raw']:.2f}x "
-        f"(raw's triggers/s over its sinks only).",
-        "",
-    ]
+        + " (raw's triggers/s over its sinks only)."
+    )
+    lines.append("")
 
     giant = _load("freshness_giant")["freshness_giant"]
     for trial in giant:
