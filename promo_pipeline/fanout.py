@@ -496,6 +496,7 @@ def full_fanout_slices(
     connect: Callable[[], psycopg.Connection] | None = None,
     progress: FanoutProgress | None = None,
     before_commit: Callable[[], None] = lambda: None,
+    after_commit: Callable[[], None] = lambda: None,
 ) -> Iterator[dict[str, int]]:
     """Every due campaign's full fan-out, `slice_rows` pairs per committed slice; yields each
     slice's triggers per campaign, in the walk's order, once its progress is saved.
@@ -503,7 +504,8 @@ def full_fanout_slices(
     One writer writes each slice and its progress in one transaction on `conn`. Several writers
     (each on its own connection from `connect`, the work being in their backends) write the
     planned slices concurrently, commit in any order, and the progress moves only past the
-    slices committed without a gap, so a new run resumes where nothing after is missing.
+    slices committed without a gap, so a new run resumes where nothing after is missing. Each
+    writer calls `after_commit` as soon as its slice is committed, in whatever order.
     """
     if progress is not None:
         progress.start(due_full_pairs(conn, window))
@@ -527,11 +529,13 @@ def full_fanout_slices(
             writer = connect()
             opened.append(writer)
         try:
-            return write_full_slice(
+            written = write_full_slice(
                 writer, window, plan, with_progress=False, before_commit=before_commit
             )
         finally:
             idle.put(writer)
+        after_commit()
+        return written
 
     pool = ThreadPoolExecutor(writers, thread_name_prefix="feedback_writer")
     # Planned slices are a few strings each; twice the writers keeps each one busy.

@@ -482,8 +482,10 @@ def test_kill_while_the_sender_is_mid_batch_and_writers_mid_slice_loses_and_doub
         "PROMO_SEND_DURING_WRITE": "1",
     }
 
-    # Slices 1 and 2 commit; the writers then hold slices 3 and 4 before their commits, and
-    # the sender holds its first batch (slice 1) once Kafka acknowledged it.
+    # Two slices commit (the first two, or under load one writer's two while the other is late
+    # with the first: the sender takes committed slices in any order); the writers then hold the
+    # next two before their commits, and the sender holds its first batch (one slice) once Kafka
+    # acknowledged it.
     run = ChildRun(
         env,
         tmp_path / "killed.log",
@@ -506,7 +508,7 @@ def test_kill_while_the_sender_is_mid_batch_and_writers_mid_slice_loses_and_doub
     assert recovery_run.wait() == 0, recovery_run.output[-3000:]
     recovery = check_recovered(pipeline, expected)
     assert recovery.ok, recovery.problems  # one row per pair, copies identical, outbox empty
-    assert recovery.duplicates == 2  # slice 1, sent by the killed run's sender and again
+    assert recovery.duplicates == 2  # the batch the killed run's sender had sent, sent again
 
 
 def test_a_slice_is_a_plain_insert_and_its_second_try_skips_triggered_pairs() -> None:

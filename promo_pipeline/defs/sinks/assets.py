@@ -106,6 +106,14 @@ def feedback_sink(
             if run_options.send_during_write
             else None
         )
+
+        def sendable() -> None:
+            """A slice committed: the sender may send it. A fan-out of one slice has nothing to
+            overlap; one that push_sink would send through Spark (a cluster's workers) is left
+            to it."""
+            if sender and slice_rows < progress.total < run_options.push_spark_min_triggers:
+                sender.committed()
+
         full_fanouts = functools.partial(
             full_fanout_slices,
             writers=writers,
@@ -113,6 +121,8 @@ def feedback_sink(
             progress=progress,
             # test-only; no-op unless PROMO_FAULT_AT is set
             before_commit=lambda: fault_point("feedback_sink.writing"),
+            # Committed slices are sendable in any order, not only once those before them are.
+            after_commit=sendable,
         )
         # New subscriptions of fanned-out campaigns first (small), then the full fan-outs, then
         # once more for the campaigns whose full fan-out just ended below W.
@@ -125,10 +135,7 @@ def feedback_sink(
                         written[campaign] = written.get(campaign, 0) + count
                     # test-only; no-op unless PROMO_FAULT_AT is set
                     fault_point("feedback_sink.slice")
-                    # A fan-out of one slice has nothing to overlap; one that push_sink would
-                    # send through Spark (a cluster's workers) is left to it.
-                    if sender and slice_rows < progress.total < run_options.push_spark_min_triggers:
-                        sender.committed()
+                    sendable()
                     # Every slice saved its position: stopping here leaves the rest to the next
                     # run.
                     budget_spent = bool(budget) and (
@@ -222,6 +229,7 @@ class OutboxSender:
         self.connect, self.producer, self.run_id = connect, producer, run_id
         self.batch_triggers, self.warn = batch_triggers, warn
         self.sent = 0
+        self.starting = threading.Lock()
         self.wake, self.finish, self.abandon = (
             threading.Event(),
             threading.Event(),
@@ -230,10 +238,12 @@ class OutboxSender:
         self.thread: threading.Thread | None = None
 
     def committed(self) -> None:
-        """A slice committed: wake the sender (started on the first call)."""
-        if self.thread is None:
-            self.thread = threading.Thread(target=self.run, name="outbox_sender", daemon=True)
-            self.thread.start()
+        """A slice committed (said by the writers' threads too): wake the sender, started on the
+        first call."""
+        with self.starting:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, name="outbox_sender", daemon=True)
+                self.thread.start()
         self.wake.set()
 
     def close(self, *, drain: bool) -> None:
