@@ -103,7 +103,11 @@ def render() -> str:
         )
         + " (raw's triggers/s over its sinks only)."
     )
-    lines.append("")
+    lines += [
+        "",
+        "  ![fan-out side by side: promo, seed and raw](bench/results/fanout_compare.png)",
+        "",
+    ]
 
     giant = _load("freshness_giant")["freshness_giant"]
     for trial in giant:
